@@ -1,0 +1,3 @@
+"""fedlottery: federated lottery-ticket simulator."""
+
+__version__ = "0.1.0"

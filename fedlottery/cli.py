@@ -1,0 +1,84 @@
+"""Command line: `fedlottery imp CONFIG [--out DIR]`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fedlottery.config import ConfigError
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes comma-separated integers, got {text!r}") from None
+
+
+def _prepare_out(out: Path, overwrite: bool, products: tuple[str, ...]) -> None:
+    """Refuse to mix a new run into an old one's results unless asked to replace them."""
+    existing = [p for p in products if (out / p).exists()]
+    if existing and not overwrite:
+        raise ConfigError(f"{out} already holds results ({', '.join(existing)}); pass --overwrite or another --out")
+    for name in existing:
+        (out / name).unlink()
+
+
+def cmd_imp(args: argparse.Namespace) -> int:
+    from fedlottery.config import load_imp_config
+    from fedlottery.imp import ImpRunner
+    from fedlottery.results import stderr_log
+
+    cfg = load_imp_config(args.config)
+    if args.seeds is not None:
+        cfg.seeds = args.seeds
+    out = Path(args.out or Path("runs") / "imp" / Path(args.config).stem)
+    _prepare_out(out, args.overwrite, ("levels.csv", "summary.json", "accuracy_vs_remaining.png"))
+    runner = ImpRunner(cfg, out, log=stderr_log)
+    stderr_log(f"IMP: {cfg.model.name} on {cfg.data.dataset}, {runner.planned_runs()} training runs -> {out}")
+    runner.run()
+    _print_levels_table(out / "summary.json")
+    return 0
+
+
+def _print_levels_table(summary_path: Path) -> None:
+    import json
+
+    summary = json.loads(summary_path.read_text())["levels"]
+    print("| variant | level | % remaining | test acc @ early stop | early-stop iter | final test acc | seeds |")
+    print("|---|---|---|---|---|---|---|")
+    for e in summary:
+        print(
+            f"| {e['variant']} | {e['level']} | {e['percent_remaining_mean']:.1f} | "
+            f"{100 * e['test_acc_early_stop_mean']:.2f} ± {100 * e['test_acc_early_stop_std']:.2f} | "
+            f"{e['early_stop_iteration_mean']:.0f} | {100 * e['test_acc_final_mean']:.2f} | {e['seeds']} |"
+        )
+    print(f"\nwritten: {summary_path.parent}/levels.csv, summary.json, accuracy_vs_remaining.png, masks/")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedlottery", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("imp", help="find lottery tickets centrally with iterative magnitude pruning")
+    imp.add_argument("config", help="YAML experiment config, e.g. configs/imp_digits.yaml")
+    imp.add_argument("--out", help="output directory (default runs/imp/<config name>)")
+    imp.add_argument("--seeds", type=_seeds, help="override the config's seeds, e.g. 0,1,2")
+    imp.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    imp.set_defaults(func=cmd_imp)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"fedlottery: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedlottery: interrupted; rows already written are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

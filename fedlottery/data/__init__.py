@@ -1,0 +1,19 @@
+"""Data sets for the simulator: offline loaders, a shared record type and a train/validation splitter."""
+
+from fedlottery.data.datasets import (
+    DATASETS,
+    DataNotFoundError,
+    Dataset,
+    load_dataset,
+    resolve_data_root,
+    train_val_split,
+)
+
+__all__ = [
+    "DATASETS",
+    "DataNotFoundError",
+    "Dataset",
+    "load_dataset",
+    "resolve_data_root",
+    "train_val_split",
+]

@@ -1,0 +1,137 @@
+"""Result records: row-at-a-time CSV logs, progress lines with ETA, summaries and plots.
+
+Rows are appended and flushed as each unit of work ends, so a killed run loses at most the unit in flight.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Iterable
+
+
+class CsvLog:
+    """Append-only CSV with a fixed header; refuses to mix schemas in one file."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.path, self.columns = Path(path), columns
+        if self.path.exists() and self.path.stat().st_size > 0:
+            with self.path.open() as f:
+                header = next(csv.reader(f), [])
+            if header != columns:
+                raise ValueError(f"{self.path} has columns {header}, expected {columns}; use another output dir")
+        else:
+            with self.path.open("w", newline="") as f:
+                csv.writer(f).writerow(columns)
+
+    def append(self, row: dict) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerow(["" if row.get(c) is None else row[c] for c in self.columns])
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Rows of a results CSV with numbers parsed back (empty cells become None)."""
+    with Path(path).open() as f:
+        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _parse(value: str):
+    if value == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write atomically (temp file + rename) so a crash never leaves half a summary."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+class Progress:
+    """'[k/n] message (elapsed, ETA)' lines for long work."""
+
+    def __init__(self, total: int, log: Callable[[str], None] = print):
+        self.total, self.done, self.log = total, 0, log
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def step(self, message: str) -> None:
+        self.done += 1
+        elapsed = self.elapsed()
+        eta = elapsed / self.done * (self.total - self.done)
+        self.log(f"[{self.done}/{self.total}] {message} ({_fmt(elapsed)} elapsed, ETA {_fmt(eta)})")
+
+
+def _fmt(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def summarize_levels(rows: list[dict]) -> list[dict]:
+    """Mean and std over seeds per (variant, level), ordered by variant then level."""
+    groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["variant"], int(row["level"]))].append(row)
+    order = {"ticket": 0, "reinit": 1, "random_mask": 2}
+    summary = []
+    for (variant, level), group in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1])):
+        entry = {"variant": variant, "level": level, "seeds": len(group)}
+        for key in ("percent_remaining", "test_acc_early_stop", "test_acc_final", "early_stop_iteration"):
+            entry[f"{key}_mean"], entry[f"{key}_std"] = _mean_std(r[key] for r in group)
+        summary.append(entry)
+    return summary
+
+
+def plot_levels(summary: list[dict], path: Path, title: str = "") -> None:
+    """Test accuracy (at early stop) and early-stop iteration vs. percent of weights remaining, per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    styles = {"ticket": ("C0", "o"), "reinit": ("C3", "s"), "random_mask": ("C2", "^")}
+    for variant in dict.fromkeys(e["variant"] for e in summary):
+        entries = [e for e in summary if e["variant"] == variant]
+        x = [e["percent_remaining_mean"] for e in entries]
+        color, marker = styles.get(variant, ("C7", "x"))
+        for ax, key, scale in ((axes[0], "test_acc_early_stop", 100), (axes[1], "early_stop_iteration", 1)):
+            y = [(e[f"{key}_mean"] or 0) * scale for e in entries]
+            err = [(e[f"{key}_std"] or 0) * scale for e in entries]
+            ax.errorbar(x, y, yerr=err, label=variant, color=color, marker=marker, capsize=3)
+    for ax, label in ((axes[0], "test accuracy at early stop (%)"), (axes[1], "early-stop iteration")):
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        ax.set_xlabel("percent of weights remaining")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
