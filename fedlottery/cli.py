@@ -1,4 +1,4 @@
-"""Command line: `fedlottery imp CONFIG [--out DIR]`."""
+"""Command line: `fedlottery run | imp | report | strategies`."""
 from __future__ import annotations
 
 import argparse
@@ -56,6 +56,39 @@ def _print_levels_table(summary_path: Path) -> None:
     print(f"\nwritten: {summary_path.parent}/levels.csv, summary.json, accuracy_vs_remaining.png, masks/")
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from fedlottery.config import load_federated_config
+    from fedlottery.report import comparison_table
+    from fedlottery.server_app import RESULT_FILES
+    from fedlottery.simulation import run_federated
+
+    cfg = load_federated_config(args.config)
+    if args.rounds is not None:
+        cfg.rounds = args.rounds
+    out = Path(args.out or Path("runs") / Path(args.config).stem)
+    _prepare_out(out, args.overwrite, RESULT_FILES)
+    summary = run_federated(cfg, out)
+    print(comparison_table([(out.name, summary)]))
+    print(f"\nwritten: {out}/rounds.csv, clients.csv, summary.json  (plots: fedlottery report {out})")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fedlottery.report import report
+
+    print(report([Path(d) for d in args.dirs], Path(args.plots) if args.plots else None))
+    return 0
+
+
+def cmd_strategies(args: argparse.Namespace) -> int:
+    from strategies import available
+
+    for name, cls in sorted(available().items()):
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{name:<14} {cls.__module__}.{cls.__qualname__}  {doc}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedlottery", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--seeds", type=_seeds, help="override the config's seeds, e.g. 0,1,2")
     imp.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     imp.set_defaults(func=cmd_imp)
+
+    run = sub.add_parser("run", help="run a federated experiment (Flower simulation on Ray)")
+    run.add_argument("config", help="YAML experiment config, e.g. configs/default.yaml")
+    run.add_argument("--out", help="output directory (default runs/<config name>)")
+    run.add_argument("--rounds", type=int, help="override the config's number of rounds")
+    run.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    run.set_defaults(func=cmd_run)
+
+    rep = sub.add_parser("report", help="markdown table and PNG plots across federated run directories")
+    rep.add_argument("dirs", nargs="+", help="run directories holding rounds.csv and summary.json")
+    rep.add_argument("--plots", help="where to write the PNGs (default: the first directory)")
+    rep.set_defaults(func=cmd_report)
+
+    strat = sub.add_parser("strategies", help="list the installed federated strategies")
+    strat.set_defaults(func=cmd_strategies)
     return parser
 
 
@@ -72,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, RuntimeError) as err:
         print(f"fedlottery: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -19,6 +19,10 @@ class ConfigError(ValueError):
     """A config value is missing, unknown, of the wrong type or impossible; the message names the key."""
 
 
+# Imported after ConfigError, which the partition module raises.
+from fedlottery.data.partitions import PartitionConfig  # noqa: E402
+
+
 @dataclass
 class DataConfig:
     """Which dataset, where its files are, and how much of the training set is held out for validation."""
@@ -213,6 +217,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
         return {_coerce(args[0], k, key): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
@@ -252,3 +260,103 @@ def load_imp_config(path: str | Path) -> ImpConfig:
 def to_dict(config: Any) -> dict:
     """The config as plain data, for summary.json."""
     return dataclasses.asdict(config)
+
+
+@dataclass
+class LocalTrainingConfig:
+    """What each client does per round: E epochs of minibatch SGD on its own data (LotteryFL defaults)."""
+
+    optimizer: Literal["adam", "sgd"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.5
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    epochs: int = 10
+
+    def validate(self, path: str) -> None:
+        _check(self.lr > 0, f"{path}.lr", "must be > 0")
+        _check(0 <= self.momentum < 1, f"{path}.momentum", "must be in [0, 1)")
+        _check(self.weight_decay >= 0, f"{path}.weight_decay", "must be >= 0")
+        _check(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
+        _check(self.epochs >= 1, f"{path}.epochs", "must be >= 1")
+
+    def as_training(self) -> TrainingConfig:
+        return TrainingConfig(optimizer=self.optimizer, lr=self.lr, momentum=self.momentum,
+                              weight_decay=self.weight_decay, batch_size=self.batch_size)
+
+
+@dataclass
+class SimulationConfig:
+    """Where client actors run: Ray resources per client (fractional GPUs allowed) and an optional cluster."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    ray_address: str | None = None  # e.g. "auto" or "ray://host:10001"; None: $RAY_ADDRESS, else a local Ray
+    device: str = "auto"  # "auto": cuda when the client actor was given a GPU, else cpu
+
+    def validate(self, path: str) -> None:
+        _check(self.num_cpus > 0, f"{path}.num_cpus", "must be > 0")
+        _check(self.num_gpus >= 0, f"{path}.num_gpus", "must be >= 0")
+
+
+@dataclass
+class EvaluationConfig:
+    """How often every client's personalised model is evaluated on its whole local test set."""
+
+    every: int = 1  # rounds; the last round is always evaluated
+    global_model: bool = True  # also the (unmasked) global model on the global test set
+
+    def validate(self, path: str) -> None:
+        _check(self.every >= 1, f"{path}.every", "must be >= 1")
+
+
+@dataclass
+class FederatedConfig:
+    """A federated experiment: the strategies to compare on one partition, model and seed."""
+
+    seed: int = 0
+    strategies: list[str] = field(default_factory=lambda: ["lotteryfl", "fedavg"])
+    rounds: int = 20
+    clients_per_round: int = 5
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    local: LocalTrainingConfig = field(default_factory=LocalTrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    strategy_options: dict[str, dict] = field(default_factory=dict)  # per strategy name, checked by it
+
+    def validate(self, path: str = "") -> None:
+        from strategies import get_strategy
+
+        _check(self.rounds >= 1, "rounds", "must be >= 1")
+        _check(len(self.strategies) >= 1, "strategies", "name at least one strategy")
+        _check(self.clients_per_round >= 1, "clients_per_round", "must be >= 1")
+        _check(
+            self.clients_per_round <= self.partition.num_clients,
+            "clients_per_round",
+            f"must be <= partition.num_clients ({self.partition.num_clients})",
+        )
+        for i, name in enumerate(self.strategies):
+            try:
+                get_strategy(name)
+            except KeyError as err:
+                raise ConfigError(f"strategies[{i}]: {err.args[0]}") from None
+        for name, options in self.strategy_options.items():
+            try:
+                strategy = get_strategy(name)
+            except KeyError as err:
+                raise ConfigError(f"strategy_options.{name}: {err.args[0]}") from None
+            from_dict(strategy.options_cls, options, f"strategy_options.{name}")
+
+    def options_for(self, name: str) -> Any:
+        """The typed options of strategy `name` (its defaults where the config says nothing)."""
+        from strategies import get_strategy
+
+        return from_dict(get_strategy(name).options_cls, self.strategy_options.get(name, {}),
+                         f"strategy_options.{name}")
+
+
+def load_federated_config(path: str | Path) -> FederatedConfig:
+    """Load and validate a federated experiment config."""
+    return from_dict(FederatedConfig, load_yaml(path))

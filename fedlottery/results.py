@@ -135,3 +135,7 @@ def plot_levels(summary: list[dict], path: Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -8,6 +8,7 @@ from fedlottery.data.datasets import (
     resolve_data_root,
     train_val_split,
 )
+from fedlottery.data.partitions import ClientSplit, PartitionConfig, describe, make_partitions
 
 __all__ = [
     "DATASETS",
@@ -16,4 +17,8 @@ __all__ = [
     "load_dataset",
     "resolve_data_root",
     "train_val_split",
+    "ClientSplit",
+    "PartitionConfig",
+    "describe",
+    "make_partitions",
 ]

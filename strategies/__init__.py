@@ -1,0 +1,65 @@
+"""Federated strategies by name: the built-in ones and third-party plug-ins.
+
+A plug-in package registers a `FederatedStrategy` subclass under the entry-point group
+`fedlottery.strategies`, e.g. in its pyproject.toml:
+
+    [project.entry-points."fedlottery.strategies"]
+    my-method = "my_package.my_module:MyStrategy"
+
+`fedlottery strategies` lists everything installed.
+"""
+from __future__ import annotations
+
+from importlib import metadata
+
+from strategies.base import ClientTask, ClientUpdate, FederatedStrategy, NoOptions, ServerSetup
+from strategies.fedavg import FedAvgStrategy
+from strategies.lotteryfl import LotteryFLStrategy
+
+ENTRY_POINT_GROUP = "fedlottery.strategies"
+_BUILTIN: dict[str, type[FederatedStrategy]] = {cls.name: cls for cls in (FedAvgStrategy, LotteryFLStrategy)}
+_registered: dict[str, type[FederatedStrategy]] = {}
+
+
+def register(cls: type[FederatedStrategy]) -> type[FederatedStrategy]:
+    """Register a strategy class in-process (usable as a decorator); its `name` must be new."""
+    if not (isinstance(cls, type) and issubclass(cls, FederatedStrategy)):
+        raise TypeError(f"{cls!r} is not a FederatedStrategy subclass")
+    if cls.name in _BUILTIN or cls.name in _registered:
+        raise ValueError(f"a strategy named {cls.name!r} is already registered")
+    _registered[cls.name] = cls
+    return cls
+
+
+def _plugins() -> dict[str, type[FederatedStrategy]]:
+    found = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        cls = ep.load()
+        if not (isinstance(cls, type) and issubclass(cls, FederatedStrategy)):
+            raise TypeError(f"entry point {ep.name} = {ep.value} is not a FederatedStrategy subclass")
+        if cls.name != ep.name:
+            raise ValueError(f"entry point {ep.name!r} points at a strategy named {cls.name!r}; use one name")
+        found[ep.name] = cls
+    return found
+
+
+def available() -> dict[str, type[FederatedStrategy]]:
+    """Every strategy by name: built-ins, then in-process registrations, then installed plug-ins."""
+    return {**_plugins(), **_registered, **_BUILTIN}
+
+
+def get_strategy(name: str) -> type[FederatedStrategy]:
+    if name in _BUILTIN:
+        return _BUILTIN[name]
+    if name in _registered:
+        return _registered[name]
+    strategies = available()
+    if name not in strategies:
+        raise KeyError(f"unknown strategy {name!r}; installed: {', '.join(sorted(strategies))}")
+    return strategies[name]
+
+
+__all__ = [
+    "ClientTask", "ClientUpdate", "FederatedStrategy", "NoOptions", "ServerSetup",
+    "ENTRY_POINT_GROUP", "available", "get_strategy", "register",
+]
