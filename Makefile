@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/fedlottery imp configs/imp_digits.yaml --out runs/demo --overwrite
+	$(BIN)/fedlottery run configs/default.yaml --out runs/default --overwrite
 
 test: setup
 	$(BIN)/python -m pytest
