@@ -187,8 +187,19 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Read `config` (a YAML path) and `out-dir` from the run config (pyproject's [tool.flwr.app.config])."""
     run_config = context.run_config
-    cfg = load_federated_config(str(run_config.get("config", "configs/default.yaml")))
+    cfg = load_federated_config(_resolve_config(str(run_config.get("config", "configs/default.yaml"))))
     if "num-rounds" in run_config and int(run_config["num-rounds"]) > 0:
         cfg.rounds = int(run_config["num-rounds"])
     out_dir = Path(str(run_config.get("out-dir", "runs/flwr")))
+    stderr_log(f"results -> {out_dir.resolve()}")
     run_experiment(grid, cfg, out_dir)
+
+
+def _resolve_config(path: str) -> str:
+    """A relative config path: from the working directory if it is there, else from the app's root (the
+    project, or Flower's installed copy of the app, which ships configs/*.yaml)."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute() or candidate.exists():
+        return str(candidate)
+    in_app = Path(__file__).resolve().parents[1] / candidate
+    return str(in_app if in_app.exists() else candidate)
