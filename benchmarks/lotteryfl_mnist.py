@@ -31,9 +31,9 @@ def table() -> str:
     rounds = read_csv(OUT / "rounds.csv")
     lines = [
         "| strategy | rounds run | honest personalised acc % (final, all clients) | paper metric % (best of rounds) "
-        "| global acc % | mean density | MiB up, values only (paper's accounting) | MiB up + down, measured payload "
+        "| global acc % | deployed acc % (own last trained weights) | mean density | MiB up, values only (paper's accounting) | MiB up + down, measured payload "
         "| paper: acc % / MiB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in summary["strategies"].items():
         done = sum(1 for r in rounds if r["strategy"] == name)
@@ -41,6 +41,7 @@ def table() -> str:
         lines.append(
             f"| {name} | {done} | {100 * s['personalized_acc_final']:.2f} ± {100 * s['personalized_acc_std']:.1f} | "
             f"{100 * s['paper_metric_best_of_rounds']:.2f} | {100 * (s['global_acc_final'] or 0):.2f} | "
+            f"{100 * (s['deployed_acc_final'] or 0):.2f} | "
             f"{s['density_mean_final']:.3f} | {s['values_bytes_up'] / MB:.2f} | "
             f"{(s['bytes_up'] + s['bytes_down']) / MB:.2f} | {acc} / {mib} |"
         )

@@ -130,12 +130,21 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
     if not training:
         loss, acc = evaluate(model, data.test)
         metrics = {"partition-id": pid, "num-examples": len(data.test[1]), "test-acc": acc, "test-loss": loss}
+        if cfg.evaluation.deployed:
+            # The model this client would really hold: its own last trained weights (else what it got).
+            kept = context.state.get(f"trained.{name}")
+            if kept is not None:
+                model.load_state_dict({k: torch.from_numpy(a.numpy()) for k, a in kept.items()})
+                model.to(device)
+            metrics["deployed-acc"] = evaluate(model, data.test)[1]
         return Message(RecordDict({"model": ArrayRecord(), "metrics": MetricRecord(metrics)}), reply_to=message)
 
     generator = torch.Generator().manual_seed(zlib.crc32(f"{cfg.seed}/{conf['round']}/{pid}/{name}".encode()))
     task = ClientTask(model, mask, {k: v.to(device) for k, v in theta0.items()}, data, cfg.local,
                       cfg.options_for(name), generator, int(conf["round"]))
     update = strategy.client_train(task)
+    if cfg.evaluation.deployed:
+        context.state[f"trained.{name}"] = ArrayRecord({k: Array(v.cpu().numpy()) for k, v in update.state.items()})
     changed = update.mask != mask
     dense = update.mask.num_kept() == update.mask.numel()
     if changed and not dense:

@@ -305,6 +305,7 @@ class EvaluationConfig:
 
     every: int = 1  # rounds; the last round is always evaluated
     global_model: bool = True  # also the (unmasked) global model on the global test set
+    deployed: bool = False  # also each client's own last locally trained weights (kept on the client)
 
     def validate(self, path: str) -> None:
         _check(self.every >= 1, f"{path}.every", "must be >= 1")

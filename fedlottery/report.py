@@ -16,8 +16,9 @@ def comparison_table(runs: list[tuple[str, dict]]) -> str:
     """Rows per (run, strategy): honest personalised accuracy, the paper's metric, global accuracy, MB."""
     lines = [
         "| run | strategy | personalised acc % (final, all clients) | paper metric % (best of rounds) | "
-        "global acc % | mean density | MB up | MB down | MB up, values only | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "global acc % | deployed acc % (own last trained weights) | mean density | MiB up | MiB down | "
+        "MiB up, values only | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, summary in runs:
         for name, s in summary["strategies"].items():
@@ -26,7 +27,7 @@ def comparison_table(runs: list[tuple[str, dict]]) -> str:
                 f"| {label} | {name} | {_pct(s['personalized_acc_final'])}"
                 + (f" ± {100 * std:.1f}" if std is not None else "")
                 + f" | {_pct(s['paper_metric_best_of_rounds'])} | {_pct(s['global_acc_final'])} | "
-                f"{s['density_mean_final']:.3f} | {s['bytes_up'] / MB:.2f} | {s['bytes_down'] / MB:.2f} | "
+                f"{_pct(s.get('deployed_acc_final'))} | {s['density_mean_final']:.3f} | {s['bytes_up'] / MB:.2f} | {s['bytes_down'] / MB:.2f} | "
                 f"{s['values_bytes_up'] / MB:.2f} | {s['wall_s']:.1f} |"
             )
     return "\n".join(lines)

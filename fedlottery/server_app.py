@@ -28,7 +28,8 @@ from strategies import get_strategy
 from strategies.base import FederatedStrategy, ServerSetup
 
 ROUND_COLUMNS = [
-    "round", "strategy", "clients", "personalized_acc_mean", "paper_metric", "global_acc", "density_mean",
+    "round", "strategy", "clients", "personalized_acc_mean", "paper_metric", "global_acc", "deployed_acc_mean",
+    "density_mean",
     "bytes_up", "bytes_down", "values_bytes_up", "values_bytes_down", "eval_bytes", "pruned_clients",
     "failed_clients", "wall_s",
 ]
@@ -137,7 +138,10 @@ def _run_strategy(grid, cfg, strategy: FederatedStrategy, template, dataset, rou
                 strategy.note_sent(msg)
             eval_replies = list(grid.send_and_receive(eval_messages))
             eval_bytes += sum(content_bytes(r.content) for r in eval_replies if not r.has_error())
-            accs = strategy.client_accuracies(eval_replies)
+            results = strategy.evaluation_results(eval_replies)
+            accs = {pid: m["test-acc"] for pid, m in results.items()}
+            deployed = [m["deployed-acc"] for m in results.values() if "deployed-acc" in m]
+            row["deployed_acc_mean"] = round(float(np.mean(deployed)), 6) if deployed else None
             run.last_acc.update(accs)
             for pid, acc in accs.items():
                 run.best_acc[pid] = max(acc, run.best_acc.get(pid, 0.0))
@@ -171,6 +175,7 @@ def _strategy_summary(run: StrategyRun, strategy: FederatedStrategy) -> dict:
         "personalized_acc_std": float(np.std(list(run.last_acc.values()))) if run.last_acc else None,
         "paper_metric_best_of_rounds": last_eval["paper_metric"],
         "global_acc_final": last_eval.get("global_acc"),
+        "deployed_acc_final": last_eval.get("deployed_acc_mean"),
         "density_mean_final": strategy.density_mean(),
         "bytes_up": meter.total("up"), "bytes_down": meter.total("down"),
         "values_bytes_up": meter.total("up", "values"), "values_bytes_down": meter.total("down", "values"),

@@ -212,14 +212,14 @@ class FederatedStrategy(Strategy):
         return None, MetricRecord(metrics)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        accuracies = self.client_accuracies(replies)
-        if not accuracies:
+        results = self.evaluation_results(replies)
+        if not results:
             return None
-        return MetricRecord({"personalized-acc-mean": float(np.mean(list(accuracies.values())))})
+        return MetricRecord({"personalized-acc-mean": float(np.mean([m["test-acc"] for m in results.values()]))})
 
-    def client_accuracies(self, replies: Iterable[Message]) -> dict[int, float]:
-        """Each evaluated client's accuracy on its whole local test set, by partition id."""
-        return {r.partition_id: r.metrics["test-acc"] for r in self.decode_replies(replies)}
+    def evaluation_results(self, replies: Iterable[Message]) -> dict[int, dict[str, float]]:
+        """Each evaluated client's metrics on its whole local test set ("test-acc", ...), by partition id."""
+        return {r.partition_id: r.metrics for r in self.decode_replies(replies)}
 
     def density_mean(self) -> float:
         return float(np.mean([m.density() for m in self.masks.values()]))
