@@ -4,6 +4,7 @@ import json
 import pytest
 
 from fedlottery.config import FederatedConfig, from_dict
+from fedlottery.report import report
 from fedlottery.results import read_csv
 from fedlottery.server_app import ROUND_COLUMNS
 from fedlottery.simulation import run_federated
@@ -55,3 +56,8 @@ def test_simulation_runs_lotteryfl_and_fedavg(tmp_path):
         s = summary["strategies"][name]
         assert s["rounds"] == 2 and s["failures"] == []
         assert s["bytes_up"] == sum(r["bytes_up"] for r in rows if r["strategy"] == name)
+    # `fedlottery report` on the run: one table row per strategy and the three plots.
+    text = report([tmp_path])
+    assert text.count(f"| {tmp_path.name} |") == 2
+    for png in ("accuracy_vs_round.png", "accuracy_vs_mb.png", "client_densities.png"):
+        assert (tmp_path / png).stat().st_size > 1000
