@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import statistics
 import sys
 import tempfile
@@ -31,8 +32,8 @@ from flwr.serverapp import Grid, ServerApp  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 from flwr.simulation import run_simulation  # noqa: E402
 
-from fedlottery.config import FederatedConfig, from_dict  # noqa: E402
-from fedlottery.data import DataNotFoundError, load_dataset, make_partitions  # noqa: E402
+from fedlottery.config import FederatedConfig, from_dict, to_dict  # noqa: E402
+from fedlottery.data import DataNotFoundError, load_dataset  # noqa: E402
 from fedlottery.results import read_csv  # noqa: E402
 from fedlottery.simulation import backend_config, run_federated  # noqa: E402
 
@@ -53,17 +54,20 @@ def experiment(dataset: str, model: str, rounds: int) -> FederatedConfig:
 
 def plain_flower(cfg: FederatedConfig) -> list[float]:
     """A hand-written Flower app: stock FedAvg, a ClientApp with a plain PyTorch loop."""
+    from fedlottery.client_app import client_data
     from fedlottery.models import build_model
 
+    # Data comes from the same per-process cache fedlottery's clients use (captured data would be pickled
+    # into every message): the comparison is of the round machinery, not of data loading.
+    config_json = json.dumps(to_dict(cfg))
     dataset = load_dataset(cfg.data.dataset)
-    splits = make_partitions(dataset, cfg.partition, cfg.seed)
+    shape, classes = dataset.input_shape, dataset.num_classes
     client = ClientApp()
 
     @client.train()
     def train(msg: Message, context: Context) -> Message:
-        split = splits[int(context.node_config["partition-id"])]
-        x, y = dataset.x_train[split.train], dataset.y_train[split.train]
-        net = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes)
+        x, y = client_data(config_json, int(context.node_config["partition-id"]), torch.device("cpu")).train
+        net = build_model(cfg.model.name, shape, classes)
         net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         opt = torch.optim.SGD(net.parameters(), lr=cfg.local.lr, momentum=cfg.local.momentum)
         for _ in range(cfg.local.epochs):
@@ -83,7 +87,7 @@ def plain_flower(cfg: FederatedConfig) -> list[float]:
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         torch.manual_seed(cfg.seed)
-        net = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes)
+        net = build_model(cfg.model.name, shape, classes)
         strategy = FedAvg(fraction_train=cfg.clients_per_round / cfg.partition.num_clients,
                           fraction_evaluate=0.0, min_available_nodes=cfg.partition.num_clients)
         stamps.append(time.perf_counter())
