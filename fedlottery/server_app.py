@@ -41,6 +41,7 @@ class StrategyRun:
     """Bookkeeping for one strategy's rounds: per-client accuracies and the best each ever reached."""
 
     name: str
+    meter: ByteMeter = field(default_factory=ByteMeter)
     last_acc: dict[int, float] = field(default_factory=dict)
     best_acc: dict[int, float] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
@@ -101,7 +102,7 @@ def run_experiment(grid: Grid, cfg: FederatedConfig, out_dir: Path, log: Callabl
 
 def _run_strategy(grid, cfg, strategy: FederatedStrategy, template, dataset, rounds_log, progress) -> StrategyRun:
     run = StrategyRun(strategy.name)
-    meter = ByteMeter()
+    meter = run.meter
     prunable = set(strategy.setup.prunable)
     test = (dataset.x_test, dataset.y_test)
     for rnd in range(1, cfg.rounds + 1):
@@ -162,12 +163,11 @@ def _run_strategy(grid, cfg, strategy: FederatedStrategy, template, dataset, rou
             + f", density {row['density_mean']:.3f}, up {row['bytes_up'] / 1e6:.3f} MB, "
             f"down {row['bytes_down'] / 1e6:.3f} MB"
         )
-    run.meter = meter  # type: ignore[attr-defined]
     return run
 
 
 def _strategy_summary(run: StrategyRun, strategy: FederatedStrategy) -> dict:
-    meter: ByteMeter = run.meter  # type: ignore[attr-defined]
+    meter = run.meter
     last_eval = next(r for r in reversed(run.rows) if r.get("personalized_acc_mean") is not None)
     return {
         "rounds": len(run.rows),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any, ClassVar, Iterable
@@ -105,8 +106,9 @@ class FederatedStrategy(Strategy):
 
     # ---- client half ------------------------------------------------------------------------------------
     @classmethod
+    @abstractmethod
     def client_train(cls, task: ClientTask) -> ClientUpdate:
-        raise NotImplementedError(f"{cls.__name__} must define client_train")
+        """The client half: train (and prune) on `task`, return what to upload."""
 
     # ---- server half ------------------------------------------------------------------------------------
     def __init__(self, setup: ServerSetup, options: Any = None):
@@ -123,9 +125,9 @@ class FederatedStrategy(Strategy):
     def summary(self) -> None:
         log(INFO, "%s: %d clients, %d per round", self.name, len(self.setup.node_of), self.setup.clients_per_round)
 
+    @abstractmethod
     def aggregate(self, server_round: int, replies: list[Reply]) -> None:
-        """Fold the round's replies into `global_state` and `masks` (the server rule)."""
-        raise NotImplementedError(f"{type(self).__name__} must define aggregate")
+        """The server rule: fold the round's decoded replies into `global_state`."""
 
     def sample(self, server_round: int) -> list[int]:
         """Partition ids for this round, from the seeded RNG (reproducible whatever the node ids)."""
