@@ -26,6 +26,25 @@ def backend_config(cfg: FederatedConfig) -> dict:
     return {"client_resources": resources, "init_args": init_args}
 
 
+def _join_cluster(cfg: FederatedConfig) -> None:
+    """Connect to the configured Ray cluster up front: Flower then reuses the connection, and an unreachable
+    address fails at once with a clear error instead of inside the simulation thread (where it hangs)."""
+    address = cfg.simulation.ray_address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        return
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address)
+    except ConnectionError as err:
+        raise RuntimeError(
+            f"cannot reach the Ray cluster at {address!r} ({err}); start one (`ray start --head`) or fix "
+            "simulation.ray_address / $RAY_ADDRESS"
+        ) from None
+
+
 def run_federated(cfg: FederatedConfig, out_dir: Path, log: Callable[[str], None] = stderr_log) -> dict:
     """Run the experiment through Flower's simulation; returns summary.json's content.
 
@@ -35,6 +54,7 @@ def run_federated(cfg: FederatedConfig, out_dir: Path, log: Callable[[str], None
     from fedlottery.server_app import run_experiment
 
     out_dir = Path(out_dir)
+    _join_cluster(cfg)
     errors: list[BaseException] = []
     server_app = ServerApp()
 

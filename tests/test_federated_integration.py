@@ -61,3 +61,15 @@ def test_simulation_runs_lotteryfl_and_fedavg(tmp_path):
     assert text.count(f"| {tmp_path.name} |") == 2
     for png in ("accuracy_vs_round.png", "accuracy_vs_mb.png", "client_densities.png"):
         assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_unreachable_ray_cluster_fails_fast_with_a_clear_error(tmp_path):
+    import ray
+
+    if ray.is_initialized():
+        pytest.skip("a Ray runtime is already up in this process")
+    cfg = _config()
+    cfg.simulation.ray_address = "auto"  # no cluster is running in the tests
+    with pytest.raises(RuntimeError, match="cannot reach the Ray cluster"):
+        run_federated(cfg, tmp_path, log=lambda _: None)
+    assert not (tmp_path / "rounds.csv").exists()
