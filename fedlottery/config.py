@@ -274,10 +274,7 @@ class LocalTrainingConfig:
     epochs: int = 10
 
     def validate(self, path: str) -> None:
-        _check(self.lr > 0, f"{path}.lr", "must be > 0")
-        _check(0 <= self.momentum < 1, f"{path}.momentum", "must be in [0, 1)")
-        _check(self.weight_decay >= 0, f"{path}.weight_decay", "must be >= 0")
-        _check(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
+        self.as_training().validate(path)  # the optimizer fields share TrainingConfig's rules
         _check(self.epochs >= 1, f"{path}.epochs", "must be >= 1")
 
     def as_training(self) -> TrainingConfig:

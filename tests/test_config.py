@@ -45,6 +45,22 @@ def test_bad_values_name_the_key(data, key):
     assert str(err.value).startswith(key + ":"), str(err.value)
 
 
+def test_federated_config_checks_local_training_and_strategy_options():
+    from fedlottery.config import FederatedConfig
+
+    with pytest.raises(ConfigError, match=r"^local\.lr:"):
+        from_dict(FederatedConfig, {"local": {"lr": -1}})
+    with pytest.raises(ConfigError, match=r"^local\.epochs:"):
+        from_dict(FederatedConfig, {"local": {"epochs": 0}})
+    with pytest.raises(ConfigError, match=r"^strategy_options\.lotteryfl\.prune_rate:"):
+        from_dict(FederatedConfig, {"strategy_options": {"lotteryfl": {"prune_rate": 1.5}}})
+    with pytest.raises(ConfigError, match=r"^strategies\[1\]:"):
+        from_dict(FederatedConfig, {"strategies": ["fedavg", "nope"]})
+    with pytest.raises(ConfigError, match=r"^clients_per_round:"):
+        from_dict(FederatedConfig, {"clients_per_round": 50})
+    assert from_dict(FederatedConfig, {}).options_for("lotteryfl").target_density == 0.1
+
+
 def test_int_accepted_for_float_and_optional_none():
     cfg = from_dict(ImpConfig, {"training": {"lr": 1}, "pruning": {"target_density": None}})
     assert cfg.training.lr == 1.0 and isinstance(cfg.training.lr, float)

@@ -39,7 +39,7 @@ def test_truncated_or_corrupt_bytes_raise(cut):
     with pytest.raises(CodecError):
         decode_tensor(bad)
     with pytest.raises(CodecError):
-        decode_tensor(Array(dtype="float32", shape=(30,), stype=MASKED, data=b"XXXX" + arr.data[4:]))
+        decode_tensor(Array(dtype="float32", shape=(30,), stype=MASKED, data=b"BAD!" + arr.data[4:]))
     with pytest.raises(CodecError):
         decode_tensor(Array(dtype="float32", shape=(30,), stype="who-knows", data=arr.data))
 
