@@ -57,3 +57,29 @@ def test_pack_unpack_state_and_values_bytes():
         unpack_state(record, {"fc.weight": state["fc.weight"]})
     with pytest.raises(CodecError, match="shape"):
         unpack_state(record, {"fc.weight": torch.zeros(6, 4), "fc.bias": torch.zeros(4)})
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 9), min_size=1, max_size=4),
+    density=st.floats(0.0, 1.0),
+    send_mask=st.booleans(),
+    special=st.sampled_from([None, float("nan"), float("inf"), -float("inf"), -0.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_property_masked_codec_is_an_exact_roundtrip(shape, density, send_mask, special, seed):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(*shape, generator=g)
+    if special is not None:
+        t.view(-1)[0] = special
+    keep = torch.rand(*shape, generator=g) < density  # includes empty and full masks
+    arr = encode_tensor(t, keep, send_mask)
+    out, got = decode_tensor(arr, None if send_mask else keep)
+    assert torch.equal(got, keep)
+    expected = torch.where(keep, t, torch.zeros_like(t))
+    # bitwise equality, so NaN payloads and the sign of zero must survive too
+    assert torch.equal(out.view(torch.int32), expected.view(torch.int32))
