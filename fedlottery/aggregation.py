@@ -26,7 +26,7 @@ def mean(
         return dict(previous)
     total = sum(u.weight for u in uploads)
     out = dict(previous)
-    for name in names or list(previous):
+    for name in (list(previous) if names is None else names):
         if not previous[name].is_floating_point():
             out[name] = uploads[0].state[name].clone()  # e.g. BN's num_batches_tracked
             continue

@@ -125,6 +125,14 @@ class FederatedStrategy(Strategy):
     def summary(self) -> None:
         log(INFO, "%s: %d clients, %d per round", self.name, len(self.setup.node_of), self.setup.clients_per_round)
 
+    @staticmethod
+    def uploads(replies: list[Reply], weighted: bool) -> list[ClientWeights]:
+        """The decoded uploads, weighted by sample count or (weighted=False) all alike."""
+        if not weighted:
+            for r in replies:
+                r.upload.weight = 1.0
+        return [r.upload for r in replies]
+
     @abstractmethod
     def aggregate(self, server_round: int, replies: list[Reply]) -> None:
         """The server rule: fold the round's decoded replies into `global_state`."""

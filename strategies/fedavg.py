@@ -25,8 +25,5 @@ class FedAvgStrategy(FederatedStrategy):
         return ClientUpdate(clone_state(task.model), task.mask, len(task.data.train[1]))
 
     def aggregate(self, server_round: int, replies: list[Reply]) -> None:
-        uploads = [r.upload for r in replies]
-        if not self.options.weighted:
-            for u in uploads:
-                u.weight = 1.0
+        uploads = self.uploads(replies, self.options.weighted)
         self.global_state = mean(self.global_state, uploads)

@@ -64,8 +64,5 @@ class LotteryFLStrategy(FederatedStrategy):
         )
 
     def aggregate(self, server_round: int, replies: list[Reply]) -> None:
-        uploads = [r.upload for r in replies]
-        if not self.options.weighted:
-            for u in uploads:
-                u.weight = 1.0
+        uploads = self.uploads(replies, self.options.weighted)
         self.global_state = masked_mean(self.global_state, uploads, self.setup.prunable)
