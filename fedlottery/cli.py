@@ -1,4 +1,4 @@
-"""Command line: `fedlottery run | imp | report | strategies`."""
+"""Command line: `fedlottery run | compare | imp | report | strategies`."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +13,10 @@ def _seeds(text: str) -> list[int]:
         return [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--seeds takes comma-separated integers, got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
 
 
 def _prepare_out(out: Path, overwrite: bool, products: tuple[str, ...]) -> None:
@@ -73,6 +77,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fedlottery.config import load_federated_config
+    from fedlottery.report import report
+    from fedlottery.server_app import RESULT_FILES
+    from fedlottery.simulation import run_federated
+    from strategies import available
+
+    cfg = load_federated_config(args.config)
+    cfg.strategies = args.strategies or list(available())
+    if args.rounds is not None:
+        cfg.rounds = args.rounds
+    cfg.validate()
+    out = Path(args.out or Path("runs") / f"compare_{Path(args.config).stem}")
+    _prepare_out(out, args.overwrite, RESULT_FILES + ("table.md",))
+    run_federated(cfg, out)
+    table = report([out])
+    (out / "table.md").write_text(table + "\n")
+    print(table)
+    print(f"\nwritten: {out}/table.md, rounds.csv, clients.csv, summary.json")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from fedlottery.report import report
 
@@ -83,7 +109,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_strategies(args: argparse.Namespace) -> int:
     from strategies import available
 
-    for name, cls in sorted(available().items()):
+    for name, cls in available().items():
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         print(f"{name:<14} {cls.__module__}.{cls.__qualname__}  {doc}")
     return 0
@@ -110,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("dirs", nargs="+", help="run directories holding rounds.csv and summary.json")
     rep.add_argument("--plots", help="where to write the PNGs (default: the first directory)")
     rep.set_defaults(func=cmd_report)
+
+    cmp = sub.add_parser("compare", help="run every strategy on one partition, model and seed; one table + plots")
+    cmp.add_argument("config", help="YAML experiment config (its `strategies` list is replaced)")
+    cmp.add_argument("--strategies", type=_names, help="comma-separated subset (default: every installed one)")
+    cmp.add_argument("--out", help="output directory (default runs/compare_<config name>)")
+    cmp.add_argument("--rounds", type=int, help="override the config's number of rounds")
+    cmp.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    cmp.set_defaults(func=cmd_compare)
 
     strat = sub.add_parser("strategies", help="list the installed federated strategies")
     strat.set_defaults(func=cmd_strategies)

@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 from fedlottery.comm import CodecError, pack_state, unpack_state
 from fedlottery.config import FederatedConfig, from_dict
 from fedlottery.data import load_dataset, make_partitions
-from fedlottery.models import build_model, clone_state, prunable_names
+from fedlottery.models import batchnorm_names, build_model, clone_state, prunable_names
 from fedlottery.sparsity import Mask
 from fedlottery.training import evaluate
 from strategies import get_strategy
@@ -25,6 +25,7 @@ from strategies.base import ClientData, ClientTask, mask_crc
 
 app = ClientApp()
 STATE_KEY = "fedlottery"
+DOWNLINK_KEYS = ("strategy", "round", "partition-id", "broadcast", "mask-crc")  # the rest: strategy instructions
 
 
 @functools.lru_cache(maxsize=4)
@@ -40,13 +41,14 @@ def _partitions(config_json: str):
 
 
 @functools.lru_cache(maxsize=4)
-def initial_state(config_json: str) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """theta_0 and the prunable names: the same seeded draw the server makes, so theta_0 is never sent."""
+def initial_state(config_json: str) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """theta_0, the prunable names and the BatchNorm names: the same seeded draw the server makes, so
+    theta_0 is never sent."""
     cfg = experiment(config_json)
     dataset, _ = _partitions(config_json)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, cfg.model.init)
-    return clone_state(model), prunable_names(model)
+    return clone_state(model), prunable_names(model), batchnorm_names(model)
 
 
 def device_for(cfg: FederatedConfig) -> torch.device:
@@ -77,6 +79,15 @@ def _held_mask(context: Context, strategy: str) -> Mask | None:
 
 def _hold_mask(context: Context, strategy: str, mask: Mask) -> None:
     context.state[f"mask.{strategy}"] = ArrayRecord({n: Array(t.numpy()) for n, t in mask.items()})
+
+
+def _held_tensors(context: Context, key: str) -> dict[str, torch.Tensor] | None:
+    record = context.state.get(key)
+    return None if record is None else {k: torch.from_numpy(a.numpy()) for k, a in record.items()}
+
+
+def _hold_tensors(context: Context, key: str, tensors: dict[str, torch.Tensor]) -> None:
+    context.state[key] = ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in tensors.items()})
 
 
 @app.query()
@@ -110,21 +121,28 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
         raise RuntimeError(f"message meant for partition {conf['partition-id']} reached partition {pid}")
     name = str(conf["strategy"])
     strategy = get_strategy(name)
-    theta0, prunable = initial_state(config_json)
+    theta0, prunable, batchnorm = initial_state(config_json)
+    options = cfg.options_for(name)
+    personal = strategy.personal_names(options, batchnorm)
     held = _held_mask(context, name)
-    state, sent_mask = unpack_state(message.content["model"], theta0, held)
-    if bool(conf["dense"]):
-        mask = Mask.ones({n: theta0[n].shape for n in prunable})
+    state, sent = unpack_state(message.content["model"], theta0, held, set(prunable))
+    if bool(conf["broadcast"]):  # the same dense model for everyone: this client applies its own mask
+        mask = held
     else:
-        mask = sent_mask if sent_mask is not None else held
-        if mask is None or mask_crc(mask) != int(conf["mask-crc"]):
-            raise CodecError("client mask out of sync with the server's")
-        if sent_mask is not None:
-            _hold_mask(context, name, mask)
+        mask = sent
+    if mask is None:
+        mask = Mask.ones({n: theta0[n].shape for n in prunable})
+    if mask_crc(mask) != int(conf["mask-crc"]):
+        raise CodecError("client mask out of sync with the server's")
+    if mask != held:
+        _hold_mask(context, name, mask)
+    mask.apply_(state)
+    personal_state = {k: theta0[k] for k in personal}
+    personal_state.update(_held_tensors(context, f"personal.{name}") or {})
     device = device_for(cfg)
     dataset, _ = _partitions(config_json)
     model = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, cfg.model.init)
-    model.load_state_dict({**theta0, **state})
+    model.load_state_dict({**theta0, **state, **personal_state})
     model.to(device)
     data = client_data(config_json, pid, device)
     if not training:
@@ -132,24 +150,30 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
         metrics = {"partition-id": pid, "num-examples": len(data.test[1]), "test-acc": acc, "test-loss": loss}
         if cfg.evaluation.deployed:
             # The model this client would really hold: its own last trained weights (else what it got).
-            kept = context.state.get(f"trained.{name}")
+            kept = _held_tensors(context, f"trained.{name}")
             if kept is not None:
-                model.load_state_dict({k: torch.from_numpy(a.numpy()) for k, a in kept.items()})
+                model.load_state_dict(kept)
                 model.to(device)
             metrics["deployed-acc"] = evaluate(model, data.test)[1]
         return Message(RecordDict({"model": ArrayRecord(), "metrics": MetricRecord(metrics)}), reply_to=message)
 
     generator = torch.Generator().manual_seed(zlib.crc32(f"{cfg.seed}/{conf['round']}/{pid}/{name}".encode()))
-    task = ClientTask(model, mask, {k: v.to(device) for k, v in theta0.items()}, data, cfg.local,
-                      cfg.options_for(name), generator, int(conf["round"]))
+    memory_key = f"memory.{name}"
+    memory = {k: float(v) for k, v in context.state.get(memory_key, ConfigRecord()).items()}
+    instructions = {k: v for k, v in conf.items() if k not in DOWNLINK_KEYS}
+    task = ClientTask(model, mask, {k: v.to(device) for k, v in theta0.items()}, data, cfg.local, options,
+                      generator, int(conf["round"]), memory, instructions)
     update = strategy.client_train(task)
+    context.state[memory_key] = ConfigRecord(task.memory)
+    if personal:
+        _hold_tensors(context, f"personal.{name}", {k: update.state[k] for k in personal})
     if cfg.evaluation.deployed:
-        context.state[f"trained.{name}"] = ArrayRecord({k: Array(v.cpu().numpy()) for k, v in update.state.items()})
-    changed = update.mask != mask
-    dense = update.mask.num_kept() == update.mask.numel()
-    if changed and not dense:
+        _hold_tensors(context, f"trained.{name}", update.state)
+    if update.mask != mask:
         _hold_mask(context, name, update.mask)
-    arrays = pack_state(update.state, None if dense else update.mask, send_mask=changed)
-    metrics = {"partition-id": pid, "num-examples": update.num_examples, "mask-changed": float(changed),
-               **update.metrics}
+    arrays = ArrayRecord()
+    if update.send_state:
+        arrays = pack_state(update.state, update.mask, mask, personal, cfg.comm.codec, cfg.comm.values)
+    metrics = {"partition-id": pid, "num-examples": update.num_examples,
+               "mask-changed": float(update.mask != mask), **update.metrics}
     return Message(RecordDict({"model": arrays, "metrics": MetricRecord(metrics)}), reply_to=message)

@@ -183,7 +183,7 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
         obj.validate(path)
     for f in dataclasses.fields(cls):
         value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value) and f.name not in kwargs:
+        if dataclasses.is_dataclass(value) and f.name not in kwargs and hasattr(value, "validate"):
             value.validate(f"{path}.{f.name}" if path else f.name)
     return obj
 
@@ -309,6 +309,15 @@ class EvaluationConfig:
 
 
 @dataclass
+class CommConfig:
+    """How tensors are encoded on the wire (fedlottery.comm.codec): every codec but the lossy value types
+    is an exact round trip; 'auto' picks the smallest encoding per tensor."""
+
+    codec: Literal["auto", "bitmap", "indices", "rice"] = "auto"  # how a mask travels when it is news
+    values: Literal["float32", "float16", "bfloat16"] = "float32"  # float16/bfloat16 are LOSSY (opt-in)
+
+
+@dataclass
 class FederatedConfig:
     """A federated experiment: the strategies to compare on one partition, model and seed."""
 
@@ -322,6 +331,7 @@ class FederatedConfig:
     local: LocalTrainingConfig = field(default_factory=LocalTrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
     strategy_options: dict[str, dict] = field(default_factory=dict)  # per strategy name, checked by it
 
     def validate(self, path: str = "") -> None:

@@ -18,10 +18,10 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedlottery.comm import ByteMeter, content_bytes, values_bytes
+from fedlottery.comm import ByteMeter, broadcast_bytes, content_bytes, values_bytes
 from fedlottery.config import FederatedConfig, load_federated_config, to_dict
 from fedlottery.data import describe, load_dataset, make_partitions
-from fedlottery.models import build_model, clone_state, prunable_names
+from fedlottery.models import batchnorm_names, build_model, clone_state, prunable_names
 from fedlottery.results import CsvLog, Progress, stderr_log, write_json
 from fedlottery.training import evaluate
 from strategies import get_strategy
@@ -30,7 +30,7 @@ from strategies.base import FederatedStrategy, ServerSetup
 ROUND_COLUMNS = [
     "round", "strategy", "clients", "personalized_acc_mean", "paper_metric", "global_acc", "deployed_acc_mean",
     "density_mean",
-    "bytes_up", "bytes_down", "values_bytes_up", "values_bytes_down", "eval_bytes", "pruned_clients",
+    "bytes_up", "bytes_down", "bytes_down_broadcast", "values_bytes_up", "values_bytes_down", "eval_bytes", "pruned_clients",
     "failed_clients", "wall_s",
 ]
 RESULT_FILES = ("rounds.csv", "clients.csv", "summary.json")
@@ -81,14 +81,15 @@ def run_experiment(grid: Grid, cfg: FederatedConfig, out_dir: Path, log: Callabl
     log(f"partitions: {describe(splits)}")
     torch.manual_seed(cfg.seed)
     template = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, cfg.model.init)
-    theta0, prunable = clone_state(template), prunable_names(template)
+    theta0, prunable, batchnorm = clone_state(template), prunable_names(template), batchnorm_names(template)
     node_of = discover_clients(grid, cfg)
     rounds_log = CsvLog(out_dir / "rounds.csv", ROUND_COLUMNS)
     clients_log = CsvLog(out_dir / "clients.csv", ["strategy", "partition_id", "final_acc", "best_acc", "density"])
     progress = Progress(cfg.rounds * len(cfg.strategies), log)
     summary: dict = {"config": to_dict(cfg), "strategies": {}}
     for name in cfg.strategies:
-        setup = ServerSetup(theta0, prunable, node_of, cfg.clients_per_round, cfg.seed, cfg.local)
+        setup = ServerSetup(theta0, prunable, node_of, cfg.clients_per_round, cfg.seed, cfg.local, batchnorm,
+                            cfg.comm)
         strategy = get_strategy(name)(setup, cfg.options_for(name))
         strategy.summary()
         run = _run_strategy(grid, cfg, strategy, template, dataset, rounds_log, progress)
@@ -112,6 +113,7 @@ def _run_strategy(grid, cfg, strategy: FederatedStrategy, template, dataset, rou
             pid = strategy.partition_of[msg.metadata.dst_node_id]
             meter.add(rnd, pid, "down", content_bytes(msg.content), values_bytes(msg.content["model"], prunable))
             strategy.note_sent(msg)
+        meter.add_broadcast(rnd, broadcast_bytes(messages))
         replies = list(grid.send_and_receive(messages))
         for reply in replies:
             if not reply.has_error():
@@ -124,6 +126,7 @@ def _run_strategy(grid, cfg, strategy: FederatedStrategy, template, dataset, rou
             "round": rnd, "strategy": strategy.name, "clients": int(train_metrics["clients"]),
             "density_mean": round(strategy.density_mean(), 6),
             "bytes_up": meter.round_total(rnd, "up"), "bytes_down": meter.round_total(rnd, "down"),
+            "bytes_down_broadcast": meter.broadcast.get(rnd, 0),
             "values_bytes_up": meter.round_total(rnd, "up", "values"),
             "values_bytes_down": meter.round_total(rnd, "down", "values"),
             "pruned_clients": int(round(train_metrics.get("pruned", 0.0) * train_metrics["clients"])),
@@ -150,7 +153,7 @@ def _run_strategy(grid, cfg, strategy: FederatedStrategy, template, dataset, rou
             row["paper_metric"] = round(float(np.mean(list(run.best_acc.values()))), 6) if run.best_acc else None
             row["eval_bytes"] = eval_bytes
             if cfg.evaluation.global_model:
-                template.load_state_dict(strategy.global_state)
+                template.load_state_dict(strategy.global_model_state())
                 row["global_acc"] = round(evaluate(template, test)[1], 6)
         row["wall_s"] = round(time.perf_counter() - start, 3)
         rounds_log.append(row)
@@ -178,6 +181,7 @@ def _strategy_summary(run: StrategyRun, strategy: FederatedStrategy) -> dict:
         "deployed_acc_final": last_eval.get("deployed_acc_mean"),
         "density_mean_final": strategy.density_mean(),
         "bytes_up": meter.total("up"), "bytes_down": meter.total("down"),
+        "bytes_down_broadcast": sum(meter.broadcast.values()),
         "values_bytes_up": meter.total("up", "values"), "values_bytes_down": meter.total("down", "values"),
         "wall_s": round(sum(r["wall_s"] for r in run.rows), 2),
         "failures": strategy.failures,

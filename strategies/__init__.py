@@ -13,11 +13,17 @@ from __future__ import annotations
 from importlib import metadata
 
 from strategies.base import ClientTask, ClientUpdate, FederatedStrategy, NoOptions, ServerSetup
+from strategies.cell import CELLStrategy
 from strategies.fedavg import FedAvgStrategy
+from strategies.fedltn import FedLTNStrategy
+from strategies.flash import FlashJMWSTStrategy, FlashSPDSTStrategy, HeteroFlashStrategy
 from strategies.lotteryfl import LotteryFLStrategy
 
 ENTRY_POINT_GROUP = "fedlottery.strategies"
-_BUILTIN: dict[str, type[FederatedStrategy]] = {cls.name: cls for cls in (FedAvgStrategy, LotteryFLStrategy)}
+_BUILTIN: dict[str, type[FederatedStrategy]] = {cls.name: cls for cls in (
+    FedAvgStrategy, LotteryFLStrategy, FedLTNStrategy, FlashSPDSTStrategy, FlashJMWSTStrategy,
+    HeteroFlashStrategy, CELLStrategy,
+)}
 _registered: dict[str, type[FederatedStrategy]] = {}
 
 
@@ -45,7 +51,10 @@ def _plugins() -> dict[str, type[FederatedStrategy]]:
 
 def available() -> dict[str, type[FederatedStrategy]]:
     """Every strategy by name: built-ins, then in-process registrations, then installed plug-ins."""
-    return {**_plugins(), **_registered, **_BUILTIN}
+    found = dict(_BUILTIN)
+    for name, cls in {**_plugins(), **_registered}.items():
+        found.setdefault(name, cls)
+    return found
 
 
 def get_strategy(name: str) -> type[FederatedStrategy]:

@@ -24,7 +24,7 @@ from torch import nn
 
 from fedlottery.aggregation import ClientWeights
 from fedlottery.comm import CodecError, pack_state, unpack_state
-from fedlottery.config import LocalTrainingConfig
+from fedlottery.config import CommConfig, LocalTrainingConfig
 from fedlottery.sparsity import Mask
 from fedlottery.training import Split
 
@@ -56,6 +56,8 @@ class ClientTask:
     options: Any  # the strategy's typed options
     generator: torch.Generator
     server_round: int
+    memory: dict[str, float] = field(default_factory=dict)  # this client's own scalars, kept across rounds
+    instructions: dict[str, Any] = field(default_factory=dict)  # what the server's `instructions` said
 
 
 @dataclass
@@ -66,6 +68,7 @@ class ClientUpdate:
     mask: Mask
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    send_state: bool = True  # False: only metrics go up (e.g. FLASH's sparsity hunt reports densities)
 
 
 @dataclass
@@ -78,6 +81,8 @@ class ServerSetup:
     clients_per_round: int
     seed: int
     local: LocalTrainingConfig
+    batchnorm: list[str] = field(default_factory=list)  # every BatchNorm tensor's name
+    comm: CommConfig = field(default_factory=CommConfig)
 
 
 @dataclass
@@ -99,10 +104,16 @@ def mask_crc(mask: Mask) -> int:
 
 
 class FederatedStrategy(Strategy):
-    """Base class: subclass, set `name` (and `options_cls`), implement `client_train` and `aggregate`."""
+    """Base class: subclass, set `name` (and `options_cls`), implement `client_train` and `aggregate`.
+
+    Optional hooks: `personal_names` (tensors that never leave a client), `broadcast` (send every client
+    the same dense global model; each applies the mask it holds), `instructions` (extra per-message
+    config), `sample`, and `global_model_state` (what "the global model" is for global evaluation).
+    """
 
     name: ClassVar[str] = ""
     options_cls: ClassVar[type] = NoOptions
+    broadcast: ClassVar[bool] = False
 
     # ---- client half ------------------------------------------------------------------------------------
     @classmethod
@@ -110,14 +121,20 @@ class FederatedStrategy(Strategy):
     def client_train(cls, task: ClientTask) -> ClientUpdate:
         """The client half: train (and prune) on `task`, return what to upload."""
 
+    @classmethod
+    def personal_names(cls, options: Any, batchnorm: list[str]) -> frozenset[str]:
+        """Tensors each client keeps to itself: never sent either way, never overwritten by the server."""
+        return frozenset()
+
     # ---- server half ------------------------------------------------------------------------------------
     def __init__(self, setup: ServerSetup, options: Any = None):
         self.setup = setup
         self.options = options if options is not None else self.options_cls()
         self.global_state = {k: v.clone() for k, v in setup.theta0.items()}
-        shapes = {n: setup.theta0[n].shape for n in setup.prunable}
-        self.masks: dict[int, Mask] = {pid: Mask.ones(shapes) for pid in setup.node_of}
+        self.shapes = {n: setup.theta0[n].shape for n in setup.prunable}
+        self.masks: dict[int, Mask] = {pid: Mask.ones(self.shapes) for pid in setup.node_of}
         self.client_holds: dict[int, Mask | None] = {pid: None for pid in setup.node_of}
+        self.personal = self.personal_names(self.options, setup.batchnorm)
         self.rng = random.Random(setup.seed)
         self.partition_of = {node: pid for pid, node in setup.node_of.items()}
         self.failures: list[str] = []
@@ -141,6 +158,14 @@ class FederatedStrategy(Strategy):
         """Partition ids for this round, from the seeded RNG (reproducible whatever the node ids)."""
         return sorted(self.rng.sample(sorted(self.setup.node_of), self.setup.clients_per_round))
 
+    def instructions(self, partition_id: int, server_round: int) -> dict[str, Any]:
+        """Extra config for one client's message (scalars); it reaches `ClientTask.instructions`."""
+        return {}
+
+    def global_model_state(self) -> dict[str, torch.Tensor]:
+        """The model evaluated on the global test set as "the global model"."""
+        return self.global_state
+
     def personal_state(self, partition_id: int) -> dict[str, torch.Tensor]:
         """The weights client `partition_id` is sent: theta_g under its mask."""
         mask = self.masks[partition_id]
@@ -149,14 +174,19 @@ class FederatedStrategy(Strategy):
         }
 
     def downlink(self, partition_id: int, message_type: str, server_round: int) -> Message:
+        """Only what the client lacks: its subnetwork's values, plus the mask news against what it holds
+        (or, for a broadcast strategy, the same dense model for everyone)."""
         mask = self.masks[partition_id]
-        dense = mask.num_kept() == mask.numel()
-        held = self.client_holds[partition_id]
-        send_mask = not dense and held != mask
-        arrays = pack_state(self.personal_state(partition_id), None if dense else mask, send_mask)
+        comm = self.setup.comm
+        if self.broadcast:
+            arrays = pack_state(self.global_state, skip=self.personal, values=comm.values)
+        else:
+            arrays = pack_state(self.personal_state(partition_id), mask, self.client_holds[partition_id],
+                                self.personal, comm.codec, comm.values)
         config = ConfigRecord({
             "strategy": self.name, "round": server_round, "partition-id": partition_id,
-            "dense": dense, "mask-crc": 0 if dense else mask_crc(mask),
+            "broadcast": self.broadcast, "mask-crc": mask_crc(mask),
+            **self.instructions(partition_id, server_round),
         })
         return Message(RecordDict({"model": arrays, "config": config}), self.setup.node_of[partition_id],
                        message_type)
@@ -170,7 +200,7 @@ class FederatedStrategy(Strategy):
         return [self.downlink(pid, MessageType.EVALUATE, server_round) for pid in sorted(self.setup.node_of)]
 
     def note_sent(self, message: Message) -> None:
-        """After a message went out: the client now holds the mask it was sent (or the dense one)."""
+        """After a message went out: the client now holds the mask it was sent."""
         pid = self.partition_of[message.metadata.dst_node_id]
         self.client_holds[pid] = self.masks[pid]
 
@@ -184,13 +214,11 @@ class FederatedStrategy(Strategy):
             raise CodecError(f"reply claims partition {pid}, which node {reply.metadata.src_node_id} does not hold")
         num_examples = int(metrics.pop("num-examples"))
         known = self.masks[pid]
-        state, sent_mask = unpack_state(reply.content["model"], self.global_state, known)
-        mask = sent_mask if sent_mask is not None else known
-        if mask.num_kept() < mask.numel() or sent_mask is not None:
-            upload_mask = mask
-        else:
-            upload_mask = None
-        return Reply(pid, ClientWeights(state, upload_mask, num_examples), num_examples, metrics)
+        state, sent = unpack_state(reply.content["model"], self.global_state, known, set(self.setup.prunable))
+        mask = known if sent is None else sent
+        state = {**{k: self.global_state[k] for k in self.personal}, **state}
+        dense = mask.num_kept() == mask.numel()
+        return Reply(pid, ClientWeights(state, None if dense else mask, num_examples), num_examples, metrics)
 
     def decode_replies(self, replies: Iterable[Message]) -> list[Reply]:
         """Decode every reply; a bad one is logged and dropped (its client's mask is marked unknown)."""
@@ -210,9 +238,9 @@ class FederatedStrategy(Strategy):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         decoded = self.decode_replies(replies)
         for r in decoded:
-            if r.upload.mask is not None:
-                self.masks[r.partition_id] = r.upload.mask
-                self.client_holds[r.partition_id] = r.upload.mask
+            mask = r.upload.mask if r.upload.mask is not None else Mask.ones(self.shapes)
+            self.masks[r.partition_id] = mask
+            self.client_holds[r.partition_id] = mask
         if decoded:
             self.aggregate(server_round, decoded)
         metrics = {"clients": float(len(decoded))}

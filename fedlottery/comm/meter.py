@@ -1,12 +1,18 @@
-"""The byte meter: payload bytes of every message actually sent, per round, client and direction."""
+"""The byte meter: payload bytes of every message actually sent, per round, client and direction.
+
+Payload bytes are everything a message carries (arrays, configs, metrics, keys: Flower's count_bytes);
+values bytes are the papers' accounting (weight values of prunable tensors only, no masks or headers).
+"""
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Iterable
 
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import ArrayRecord, Message, RecordDict
 
-from fedlottery.comm.codec import DENSE, MASKED, _HEADER
+from fedlottery.comm.codec import values_bytes_of
 
 
 def content_bytes(content: RecordDict) -> int:
@@ -15,28 +21,43 @@ def content_bytes(content: RecordDict) -> int:
 
 
 def values_bytes(record: ArrayRecord, prunable: set[str]) -> int:
-    """The papers' accounting: 4 bytes per weight value of prunable tensors sent (no masks, biases, keys)."""
+    """The papers' accounting: the weight values of prunable tensors sent (no masks, biases, keys)."""
+    return sum(values_bytes_of(array) for name, array in record.items() if name in prunable)
+
+
+def broadcast_bytes(messages: Iterable[Message], key: str = "model") -> int:
+    """The downlink's cost if identical `key` records went out once (one broadcast): each distinct model
+    record counted once, every message's other records (per-client config) counted in full."""
+    seen: set[bytes] = set()
     total = 0
-    for name, array in record.items():
-        if name not in prunable:
-            continue
-        if array.stype == DENSE:
-            total += len(array.data)
-        elif array.stype == MASKED:
-            total += 4 * _HEADER.unpack_from(array.data)[2]
+    for message in messages:
+        record = message.content[key]
+        total += content_bytes(message.content) - record.count_bytes() - len(key)
+        digest = hashlib.blake2b(digest_size=16)
+        for name, array in record.items():
+            digest.update(name.encode() + b"\0" + array.stype.encode() + b"\0" + str(array.shape).encode())
+            digest.update(array.data)
+        if digest.digest() not in seen:
+            seen.add(digest.digest())
+            total += record.count_bytes() + len(key)
     return total
 
 
 @dataclass
 class ByteMeter:
-    """Totals keyed by (round, partition id, direction) with 'payload' and 'values' byte counts."""
+    """Totals keyed by (round, partition id, direction) with 'payload' and 'values' byte counts, plus the
+    downlink per round as a broadcast would send it."""
 
     rows: dict = field(default_factory=lambda: defaultdict(lambda: {"payload": 0, "values": 0}))
+    broadcast: dict[int, int] = field(default_factory=dict)
 
     def add(self, round_: int, partition: int, direction: str, payload: int, values: int = 0) -> None:
         entry = self.rows[(round_, partition, direction)]
         entry["payload"] += payload
         entry["values"] += values
+
+    def add_broadcast(self, round_: int, payload: int) -> None:
+        self.broadcast[round_] = self.broadcast.get(round_, 0) + payload
 
     def round_total(self, round_: int, direction: str, kind: str = "payload") -> int:
         return sum(v[kind] for (r, _, d), v in self.rows.items() if r == round_ and d == direction)

@@ -1,4 +1,8 @@
-"""Model state <-> ArrayRecord, sending prunable tensors as kept values (+ mask only when it is news)."""
+"""Model state <-> ArrayRecord: prunable tensors travel as kept values plus only the mask news.
+
+The sender names the mask the receiver already holds (`reference`); a tensor whose mask is unchanged then
+carries values only, and a changed one carries the smallest of a full mask or its delta (codec 'auto').
+"""
 from __future__ import annotations
 
 from typing import Mapping
@@ -11,35 +15,43 @@ from fedlottery.sparsity import Mask
 
 
 def pack_state(
-    state: Mapping[str, torch.Tensor], mask: Mask | None = None, send_mask: bool = True,
-    skip: frozenset[str] = frozenset(),
+    state: Mapping[str, torch.Tensor], mask: Mask | None = None, reference: Mask | None = None,
+    skip: frozenset[str] = frozenset(), codec: str = "auto", values: str = "float32",
 ) -> ArrayRecord:
-    """Encode a state dict; tensors in `mask` travel sparse, the rest dense; names in `skip` stay home."""
+    """Encode a state dict; tensors in `mask` travel sparse (against the receiver's `reference` mask), the
+    rest dense; names in `skip` stay home. `values` other than float32 are lossy and apply to weights only."""
     record = ArrayRecord()
     for name, tensor in state.items():
         if name in skip:
             continue
-        keep = mask[name] if mask is not None and name in mask else None
-        record[name] = encode_tensor(tensor, keep, send_mask)
+        if mask is not None and name in mask:
+            ref = reference[name] if reference is not None and name in reference else None
+            keep = mask[name]
+            chosen = "known" if ref is not None and torch.equal(ref, keep) else codec
+            record[name] = encode_tensor(tensor, keep, ref, chosen, values)
+        else:
+            record[name] = encode_tensor(tensor)
     return record
 
 
 def unpack_state(
-    record: ArrayRecord, expected: Mapping[str, torch.Tensor], known_mask: Mask | None = None
+    record: ArrayRecord, expected: Mapping[str, torch.Tensor], reference: Mask | None = None,
+    prunable: frozenset[str] | set[str] = frozenset(),
 ) -> tuple[dict[str, torch.Tensor], Mask | None]:
-    """Decode an ArrayRecord against the expected names/shapes; returns the state and the mask it carried
-    (or `known_mask` when the sender relied on it). Raises CodecError on anything unexpected."""
+    """Decode an ArrayRecord against the expected names/shapes, with `reference` the mask this side already
+    holds. Returns the state and the mask of the `prunable` tensors it carried (a dense one keeps all;
+    None when it carried none). Raises CodecError on anything unexpected."""
     unknown = sorted(set(record) - set(expected))
     if unknown:
         raise CodecError(f"payload has tensors the model lacks: {unknown[:5]}")
     state, keeps = {}, {}
     for name, array in record.items():
-        known = known_mask[name] if known_mask is not None and name in known_mask else None
-        tensor, keep = decode_tensor(array, known)
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise CodecError(f"{name}: shape {tuple(tensor.shape)} != expected {tuple(expected[name].shape)}")
-        state[name] = tensor.to(expected[name].dtype)
-        if keep is not None:
-            keeps[name] = keep
-    mask = Mask(keeps) if keeps else None
-    return state, mask
+        ref = reference[name] if reference is not None and name in reference else None
+        tensor, keep = decode_tensor(array, ref)
+        want = expected[name]
+        if tuple(tensor.shape) != tuple(want.shape):
+            raise CodecError(f"{name}: shape {tuple(tensor.shape)} != expected {tuple(want.shape)}")
+        state[name] = tensor.to(want.dtype)
+        if name in prunable:
+            keeps[name] = keep if keep is not None else torch.ones(want.shape, dtype=torch.bool)
+    return state, (Mask(keeps) if keeps else None)

@@ -10,7 +10,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from fedlottery.models.cnn import CNNDigits, Conv2, Conv4, Conv6, LeNet5, LotteryFLCNN
+from fedlottery.models.cnn import (
+    CNNDigits, CNNDigitsBN, Conv2, Conv4, Conv6, LeNet5, LeNet5BN, LotteryFLCNN, LotteryFLCNNBN,
+)
 from fedlottery.models.mlp import LeNet300100, MLPDigits
 from fedlottery.models.resnet import ResNet20
 
@@ -20,8 +22,11 @@ MODELS: dict[str, Builder] = {
     "lenet_300_100": LeNet300100,
     "mlp_digits": MLPDigits,
     "cnn_digits": CNNDigits,
+    "cnn_digits_bn": CNNDigitsBN,
     "lotteryfl_cnn": LotteryFLCNN,
+    "lotteryfl_cnn_bn": LotteryFLCNNBN,
     "lenet5": LeNet5,
+    "lenet5_bn": LeNet5BN,
     "conv2": Conv2,
     "conv4": Conv4,
     "conv6": Conv6,
@@ -85,6 +90,12 @@ def conv_names(model: nn.Module) -> list[str]:
     return [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
 
 
+def batchnorm_names(model: nn.Module) -> list[str]:
+    """Every tensor of every BatchNorm layer: weight, bias and running statistics (personal in FedLTN)."""
+    prefixes = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return [k for k in model.state_dict() if any(k.rsplit(".", 1)[0] == p for p in prefixes)]
+
+
 def count_prunable(model: nn.Module) -> int:
     params = dict(model.named_parameters())
     return sum(params[n].numel() for n in prunable_names(model))
@@ -103,6 +114,7 @@ __all__ = [
     "prunable_names",
     "output_layer_name",
     "conv_names",
+    "batchnorm_names",
     "count_prunable",
     "clone_state",
 ]

@@ -29,6 +29,16 @@ class _ConvNet(nn.Module):
         return self.classifier(self.features(x))
 
 
+def with_batchnorm(features: nn.Sequential) -> nn.Sequential:
+    """The same feature extractor with a BatchNorm2d after every conv (FedLTN keeps BN personal)."""
+    layers: list[nn.Module] = []
+    for layer in features:
+        layers.append(layer)
+        if isinstance(layer, nn.Conv2d):
+            layers.append(nn.BatchNorm2d(layer.out_channels))
+    return nn.Sequential(*layers)
+
+
 class LotteryFLCNN(_ConvNet):
     """conv(1->10,5)-pool-conv(10->20,5)-pool-fc(320->50)-fc(50->10): 21,750 weights on MNIST (LotteryFL).
 
@@ -95,3 +105,21 @@ class CNNDigits(_ConvNet):
             nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         )
         super().__init__(features, input_shape, num_classes, ())
+
+
+def _bn_variant(base: type[_ConvNet]) -> type[_ConvNet]:
+    """`base` with BatchNorm after each conv: built like `base`, then its features are wrapped."""
+
+    class WithBN(base):
+        def __init__(self, input_shape, num_classes: int):
+            super().__init__(input_shape, num_classes)
+            self.features = with_batchnorm(self.features)
+
+    WithBN.__name__ = WithBN.__qualname__ = f"{base.__name__}BN"
+    WithBN.__doc__ = f"{base.__name__} with BatchNorm2d after every conv."
+    return WithBN
+
+
+LotteryFLCNNBN = _bn_variant(LotteryFLCNN)
+LeNet5BN = _bn_variant(LeNet5)
+CNNDigitsBN = _bn_variant(CNNDigits)

@@ -1,0 +1,229 @@
+"""FLASH (Babakniya et al., TMLR 2023): one sparse mask for everyone, found by sparsity hunting
+(ALGORITHMS.md section 4). Three strategies share the machinery here:
+
+- Round 1 is stage 1, sparsity hunting: ceil(hunt_fraction * N) clients get the same random mask at the
+  target density, run dynamic sparse training (prune-and-regrow) for hunt_epochs and report only their
+  per-layer densities (all the server uses). The server rescales the mean layer densities to the target,
+  draws a fresh random mask per layer at those counts and restarts from theta_0 under it.
+- `flash-spdst`: that server mask stays fixed; clients train masked weights.
+- `flash-jmwst`: every mask_interval rounds, clients also run prune-and-regrow from the server mask and
+  upload weights and their mask changes; the server averages, then keeps the top-|w| entries of the
+  aggregate per layer, with layer budgets from the clients' mean layer densities rescaled to the target.
+- `hetero-flash`: clients are assigned density levels (fractions of the target); the server derives one
+  nested mask per level (top-|w| of the aggregate inside the next denser level's mask) every
+  mask_interval rounds and sends each client the mask of its level.
+
+Local training uses the round's learning rate lr * (lr_final / lr) ** (round / lr_decay_rounds), capped at
+lr_final (the paper: 0.1 -> 1e-3 by round 1000, SGD without momentum; set `local` accordingly).
+Aggregation: the (sample-weighted) mean with pruned entries as zeros, or the masked mean over holders.
+The global model evaluated on the global test set is theta_g under the (densest) server mask.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from fedlottery.aggregation import masked_mean, mean
+from fedlottery.config import ConfigError
+from fedlottery.models import clone_state
+from fedlottery.sparsity import (
+    Mask, prune_and_regrow, random_mask_with_counts, rescale_counts, top_magnitude_mask,
+)
+from fedlottery.training import train
+from strategies.base import ClientTask, ClientUpdate, FederatedStrategy, Reply, ServerSetup
+
+DENSITY_PREFIX = "density/"
+
+
+@dataclass
+class FlashOptions:
+    density: float = 0.1  # the target density d
+    hunt_fraction: float = 0.1  # of all clients, in round 1
+    hunt_epochs: int = 10
+    prune_rate: float = 0.25  # prune-and-regrow rate at the start of local training, decaying linearly to 0
+    regrow_steps: int = 4  # prune-and-regrow steps spread evenly over one local training
+    mask_interval: int = 1  # jmwst / hetero-flash: rounds between server mask updates
+    levels: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0])  # hetero-flash: fractions of d
+    aggregation: Literal["mean", "masked_mean"] = "mean"
+    weighted: bool = True  # weight clients by sample count
+    lr_final: float | None = None  # e.g. 1e-3: decay local lr exponentially to this by lr_decay_rounds
+    lr_decay_rounds: int = 1000
+
+    def validate(self, path: str) -> None:
+        checks = {
+            "density": 0 < self.density <= 1, "hunt_fraction": 0 < self.hunt_fraction <= 1,
+            "hunt_epochs": self.hunt_epochs >= 1, "prune_rate": 0 <= self.prune_rate < 1,
+            "regrow_steps": self.regrow_steps >= 0, "mask_interval": self.mask_interval >= 1,
+            "levels": bool(self.levels) and all(0 < x <= 1 for x in self.levels),
+            "lr_final": self.lr_final is None or self.lr_final > 0, "lr_decay_rounds": self.lr_decay_rounds >= 1,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"{path}.{key}: invalid value {getattr(self, key)!r}")
+
+
+def train_with_regrowth(task: ClientTask, mask: Mask, epochs: int, lr: float, opts: FlashOptions) -> Mask:
+    """Masked local training interrupted by `regrow_steps` prune-and-regrow steps, at rates decaying
+    linearly from prune_rate towards 0 over the local steps; returns the final mask."""
+    cfg = task.local.as_training()
+    n = len(task.data.train[1])
+    total = epochs * math.ceil(n / cfg.batch_size)
+    marks = sorted({max(1, round(total * i / (opts.regrow_steps + 1))) for i in range(1, opts.regrow_steps + 1)})
+    done = 0
+    for mark in sorted(set(marks) | {total}):
+        train(task.model, task.data.train, cfg, task.generator, mask=mask, lr=lr, iterations=mark - done)
+        done = mark
+        if mark in marks:
+            rate = opts.prune_rate * (1 - done / (total + 1))
+            params = dict(task.model.named_parameters())
+            mask = prune_and_regrow(mask, {k: params[k] for k in mask}, rate, task.generator)
+            mask.apply_(params)
+    return mask
+
+
+class _Flash(FederatedStrategy):
+    """Stage 1 and the shared server state; subclasses say when masks change and how."""
+
+    options_cls = FlashOptions
+    searches_masks = False  # clients run prune-and-regrow in mask-search rounds (JMWST)
+
+    @classmethod
+    def client_train(cls, task: ClientTask) -> ClientUpdate:
+        opts: FlashOptions = task.options
+        phase, lr = str(task.instructions["phase"]), float(task.instructions["lr"])
+        n = len(task.data.train[1])
+        if phase == "hunt":
+            found = train_with_regrowth(task, task.mask, opts.hunt_epochs, lr, opts)
+            densities = {DENSITY_PREFIX + k: v for k, v in found.layer_densities().items()}
+            return ClientUpdate({}, task.mask, n, {"hunted-density": found.density(), **densities},
+                                send_state=False)
+        if phase == "search":
+            mask = train_with_regrowth(task, task.mask, task.local.epochs, lr, opts)
+        else:
+            mask = task.mask
+            train(task.model, task.data.train, task.local.as_training(), task.generator, mask=mask, lr=lr,
+                  epochs=task.local.epochs)
+        return ClientUpdate(clone_state(task.model), mask, n, {"density": mask.density()})
+
+    def __init__(self, setup: ServerSetup, options: Any = None):
+        super().__init__(setup, options)
+        self.sizes = {n: math.prod(s) for n, s in self.shapes.items()}
+        self.generator = torch.Generator().manual_seed(setup.seed)
+        d = self.options.density
+        start = random_mask_with_counts(self.shapes, rescale_counts({n: d for n in self.shapes}, self.sizes, d),
+                                        self.generator)
+        self.level_of = {pid: len(self.level_fractions()) - 1 for pid in setup.node_of}
+        self.level_masks = [start]
+        self.hunted = False
+        self.hunt_densities: dict[str, float] = {}
+
+    def level_fractions(self) -> list[float]:
+        return [1.0]
+
+    def server_mask(self) -> Mask:
+        """The densest level's mask (the one mask for everyone, except in hetero-FLASH)."""
+        return self.level_masks[-1]
+
+    def round_lr(self, server_round: int) -> float:
+        lr, final = self.setup.local.lr, self.options.lr_final
+        if final is None:
+            return lr
+        return lr * (final / lr) ** (min(server_round, self.options.lr_decay_rounds) / self.options.lr_decay_rounds)
+
+    def is_search_round(self, server_round: int) -> bool:
+        return self.hunted and (server_round - 2) % self.options.mask_interval == 0
+
+    def sample(self, server_round: int) -> list[int]:
+        if self.hunted:
+            return super().sample(server_round)
+        count = math.ceil(self.options.hunt_fraction * len(self.setup.node_of))
+        hunters = sorted(self.rng.sample(sorted(self.setup.node_of), count))
+        for pid in hunters:
+            self.masks[pid] = self.level_masks[0].copy()
+        return hunters
+
+    def instructions(self, partition_id: int, server_round: int) -> dict[str, Any]:
+        phase = "hunt" if not self.hunted else ("search" if self.searches_masks and self.is_search_round(
+            server_round) else "train")
+        return {"phase": phase, "lr": self.round_lr(server_round)}
+
+    def global_model_state(self) -> dict[str, torch.Tensor]:
+        mask = self.server_mask()
+        return {n: (t * mask[n].to(t.dtype) if n in mask else t) for n, t in self.global_state.items()}
+
+    def aggregate(self, server_round: int, replies: list[Reply]) -> None:
+        if not self.hunted:
+            self.finish_hunt(replies)
+            return
+        uploads = self.uploads(replies, self.options.weighted)
+        if self.options.aggregation == "mean":
+            self.global_state = mean(self.global_state, uploads)
+        else:
+            self.global_state = masked_mean(self.global_state, uploads, self.setup.prunable)
+        self.update_masks(server_round, replies)
+
+    def finish_hunt(self, replies: list[Reply]) -> None:
+        """Rescale the hunters' mean layer densities to the target; a fresh random mask; restart at theta_0."""
+        self.hunt_densities = {
+            n: sum(r.metrics[DENSITY_PREFIX + n] for r in replies) / len(replies) for n in self.shapes
+        }
+        counts = rescale_counts(self.hunt_densities, self.sizes, self.options.density)
+        top = random_mask_with_counts(self.shapes, counts, self.generator)
+        self.global_state = {k: v.clone() for k, v in self.setup.theta0.items()}
+        self.set_levels(top)
+        self.hunted = True
+
+    def set_levels(self, top: Mask) -> None:
+        """Every level's mask from the densest one (nested, top-|w| of theta_g), and each client's mask."""
+        fractions = self.level_fractions()
+        masks = [top]
+        for fraction in reversed(fractions[:-1]):
+            counts = rescale_counts(top.layer_densities(), self.sizes, self.options.density * fraction)
+            masks.insert(0, top_magnitude_mask(self.global_state, counts, within=masks[0]))
+        self.level_masks = masks
+        for pid, level in self.level_of.items():
+            self.masks[pid] = masks[level]
+
+    def update_masks(self, server_round: int, replies: list[Reply]) -> None:
+        """Called after each aggregation; SPDST keeps the mask."""
+
+
+class FlashSPDSTStrategy(_Flash):
+    name = "flash-spdst"
+
+
+class FlashJMWSTStrategy(_Flash):
+    name = "flash-jmwst"
+    searches_masks = True
+
+    def update_masks(self, server_round: int, replies: list[Reply]) -> None:
+        if not self.is_search_round(server_round):
+            return
+        masks = [r.upload.mask if r.upload.mask is not None else Mask.ones(self.shapes) for r in replies]
+        densities = {n: sum(m.layer_densities()[n] for m in masks) / len(masks) for n in self.shapes}
+        counts = rescale_counts(densities, self.sizes, self.options.density)
+        self.set_levels(top_magnitude_mask(self.global_state, counts))
+
+
+class HeteroFlashStrategy(_Flash):
+    name = "hetero-flash"
+
+    def __init__(self, setup: ServerSetup, options: Any = None):
+        super().__init__(setup, options)
+        order = sorted(setup.node_of)
+        random.Random(setup.seed + 1).shuffle(order)
+        levels = len(self.level_fractions())
+        self.level_of = {pid: i % levels for i, pid in enumerate(order)}
+
+    def level_fractions(self) -> list[float]:
+        return sorted(self.options.levels)
+
+    def update_masks(self, server_round: int, replies: list[Reply]) -> None:
+        if (server_round - 1) % self.options.mask_interval:
+            return
+        top = self.server_mask()
+        self.set_levels(top_magnitude_mask(self.global_state, top.kept_per_layer(), within=top))
