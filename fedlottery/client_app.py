@@ -165,9 +165,9 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
                       generator, int(conf["round"]), memory, instructions)
     update = strategy.client_train(task)
     context.state[memory_key] = ConfigRecord(task.memory)
-    if personal:
+    if update.send_state and personal:
         _hold_tensors(context, f"personal.{name}", {k: update.state[k] for k in personal})
-    if cfg.evaluation.deployed:
+    if update.send_state and cfg.evaluation.deployed:
         _hold_tensors(context, f"trained.{name}", update.state)
     if update.mask != mask:
         _hold_mask(context, name, update.mask)

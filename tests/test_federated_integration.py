@@ -73,3 +73,77 @@ def test_unreachable_ray_cluster_fails_fast_with_a_clear_error(tmp_path):
     with pytest.raises(RuntimeError, match="cannot reach the Ray cluster"):
         run_federated(cfg, tmp_path, log=lambda _: None)
     assert not (tmp_path / "rounds.csv").exists()
+
+
+class RecordingGrid:
+    """A Grid that keeps every message the ServerApp really sends and every reply it gets."""
+
+    def __init__(self, grid):
+        self._grid = grid
+        self.calls: list[tuple[list, list]] = []
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages, *args, **kwargs):
+        messages = list(messages)
+        replies = list(self._grid.send_and_receive(messages, *args, **kwargs))
+        self.calls.append((messages, replies))
+        return replies
+
+
+def _message_bytes(message) -> int:
+    """Flower's own count: count_bytes() of every record the message carries, plus its key."""
+    return sum(record.count_bytes() + len(key) for key, record in message.content.items())
+
+
+@pytest.mark.slow
+def test_every_strategy_runs_and_the_meter_equals_the_bytes_really_sent(tmp_path, monkeypatch):
+    from fedlottery import server_app
+    from strategies import available
+
+    recorded: list[RecordingGrid] = []
+    real_run = server_app.run_experiment
+
+    def recording_run(grid, *args, **kwargs):
+        recorded.append(RecordingGrid(grid))
+        return real_run(recorded[-1], *args, **kwargs)
+
+    monkeypatch.setattr(server_app, "run_experiment", recording_run)
+    cfg = _config()
+    cfg.strategies = list(available())[:7]
+    cfg.rounds = 3  # FLASH hunts in round 1
+    cfg.evaluation.every = 2
+    cfg.model.name = "cnn_digits_bn"
+    cfg.strategy_options = {
+        "lotteryfl": {"acc_threshold": 0.0, "prune_rate": 0.5, "target_density": 0.5},
+        "fedltn": {"acc_threshold": 0.0, "target_density": 0.5},
+        "cell": {"threshold": 0.05},
+        "flash-spdst": {"density": 0.3, "hunt_fraction": 0.5, "hunt_epochs": 1},
+        "flash-jmwst": {"density": 0.3, "hunt_fraction": 0.5, "hunt_epochs": 1},
+        "hetero-flash": {"density": 0.3, "hunt_fraction": 0.5, "hunt_epochs": 1},
+    }
+    summary = run_federated(cfg, tmp_path, log=lambda _: None)
+    assert all(s["failures"] == [] for s in summary["strategies"].values()), summary
+    rows = read_csv(tmp_path / "rounds.csv")
+    assert [r["strategy"] for r in rows[::3]] == cfg.strategies
+    calls = recorded[0].calls[1:]  # the first call is the setup query
+    for row in rows:  # calls come in order: each round's training, then its evaluation when due
+        messages, replies = calls.pop(0)
+        assert all(m.metadata.message_type == "train" for m in messages)
+        assert row["bytes_down"] == sum(_message_bytes(m) for m in messages)
+        assert row["bytes_up"] == sum(_message_bytes(r) for r in replies)
+        if row["personalized_acc_mean"] is not None:
+            messages, replies = calls.pop(0)
+            assert row["eval_bytes"] == sum(_message_bytes(m) for m in messages + replies)
+    assert calls == []
+    by = {name: [r for r in rows if r["strategy"] == name] for name in cfg.strategies}
+    # FLASH: round 1 hunts on 2 of 4 clients and uploads no weights; afterwards one mask at density 0.3.
+    for name in ("flash-spdst", "flash-jmwst"):
+        assert by[name][0]["values_bytes_up"] == 0 and by[name][-1]["density_mean"] == pytest.approx(0.3, abs=2e-3)
+    # CELL broadcasts: every client gets the same model, so one broadcast costs far less than the unicasts.
+    cell = by["cell"][0]
+    assert cell["bytes_down_broadcast"] < cell["bytes_down"]
+    assert by["lotteryfl"][0]["bytes_down_broadcast"] <= by["lotteryfl"][0]["bytes_down"]
+    # FedLTN never sends BatchNorm tensors: its downlink values are below FedAvg's dense ones in round 1.
+    assert by["fedltn"][0]["bytes_down"] < by["fedavg"][0]["bytes_down"]
