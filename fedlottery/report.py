@@ -17,8 +17,8 @@ def comparison_table(runs: list[tuple[str, dict]]) -> str:
     lines = [
         "| run | strategy | personalised acc % (final, all clients) | paper metric % (best of rounds) | "
         "global acc % | deployed acc % (own last trained weights) | mean density | MiB up | MiB down | "
-        "MiB up, values only | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "MiB down as broadcast | MiB up, values only | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, summary in runs:
         for name, s in summary["strategies"].items():
@@ -28,7 +28,7 @@ def comparison_table(runs: list[tuple[str, dict]]) -> str:
                 + (f" ± {100 * std:.1f}" if std is not None else "")
                 + f" | {_pct(s['paper_metric_best_of_rounds'])} | {_pct(s['global_acc_final'])} | "
                 f"{_pct(s.get('deployed_acc_final'))} | {s['density_mean_final']:.3f} | {s['bytes_up'] / MB:.2f} | {s['bytes_down'] / MB:.2f} | "
-                f"{s['values_bytes_up'] / MB:.2f} | {s['wall_s']:.1f} |"
+                f"{s.get('bytes_down_broadcast', s['bytes_down']) / MB:.2f} | {s['values_bytes_up'] / MB:.2f} | {s['wall_s']:.1f} |"
             )
     return "\n".join(lines)
 

@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 
 from fedlottery.comm import rice
 from fedlottery.comm.codec import (
-    CODECS, VALUE_TYPES, CodecError, bound_bytes, codec_of, decode_tensor, encode_tensor, values_bytes_of,
+    CODECS,
+    VALUE_TYPES,
+    CodecError,
+    bound_bytes,
+    codec_of,
+    decode_tensor,
+    encode_tensor,
+    values_bytes_of,
 )
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -150,7 +157,7 @@ def test_lossy_value_types_are_labelled_and_within_precision(shape, density, see
        seed=st.integers(0, 2**32 - 1), codec=st.sampled_from(CODECS), vtype=st.sampled_from(VALUE_TYPES),
        where=st.floats(0.0, 1.0, exclude_max=True), flip=st.integers(1, 255))
 def test_flipped_byte_or_truncation_raises(shape, density, seed, codec, vtype, where, flip):
-    tensor, keep, rng = _case(shape, density, seed, 0.1)
+    tensor, keep, _ = _case(shape, density, seed, 0.1)
     reference = keep.clone() if codec in ("known", "delta") else None
     array = encode_tensor(tensor, None if codec == "dense" else keep, reference=reference, codec=codec, values=vtype)
     data = array.data
@@ -287,7 +294,9 @@ def test_delta_of_removals_is_much_smaller_than_a_full_mask():
     k, r = torch.from_numpy(keep), torch.from_numpy(reference)
     delta = encode_tensor(tensor, k, reference=r, codec="delta")
     full = encode_tensor(tensor, k, codec="rice")
-    mask_part = lambda a: len(a.data) - values_bytes_of(a)  # noqa: E731
+    def mask_part(a):
+        return len(a.data) - values_bytes_of(a)
+
     assert mask_part(delta) < 0.5 * mask_part(full)
     assert codec_of(encode_tensor(tensor, k, reference=r))[0] == "delta"
     assert torch.equal(decode_tensor(delta, r)[1], k)

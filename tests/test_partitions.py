@@ -373,3 +373,22 @@ def test_real_digits() -> None:
         assert np.array_equal(s.test.numpy(), np.flatnonzero(np.isin(y_test, s.labels)))
     d = describe(make_partitions(data, PartitionConfig(scheme="dirichlet", num_clients=10, alpha=0.3), seed=1))
     assert d["total_train"] + d["total_val"] == len(data.y_train)
+
+
+def test_matched_test_sets_follow_each_clients_label_mix():
+    import numpy as np
+
+    from fedlottery.data import load_dataset, make_partitions
+    from fedlottery.data.partitions import PartitionConfig
+
+    dataset = load_dataset("digits")
+    cfg = PartitionConfig(scheme="dirichlet", alpha=0.3, num_clients=5, test="matched")
+    splits = make_partitions(dataset, cfg, seed=0)
+    y_train, y_test = dataset.y_train.numpy(), dataset.y_test.numpy()
+    for split in splits:
+        own = np.bincount(y_train[np.concatenate([split.train.numpy(), split.val.numpy()])], minlength=10)
+        test = np.bincount(y_test[split.test.numpy()], minlength=10)
+        assert test.sum() <= len(y_test) // 5
+        assert set(np.flatnonzero(test)) <= set(np.flatnonzero(own))
+        big = int(np.argmax(own))
+        assert test[big] == test.max() or test[big] >= 0.8 * test.max()  # capped only by the label's pool

@@ -47,8 +47,15 @@ from fedlottery.comm import rice
 from fedlottery.comm.rice import RiceError, read_varint, varint_bytes, varint_len
 
 __all__ = [
-    "CODECS", "VALUE_TYPES", "CodecError", "encode_tensor", "decode_tensor", "codec_of", "values_bytes_of",
-    "bound_bytes", "DENSE",
+    "CODECS",
+    "DENSE",
+    "VALUE_TYPES",
+    "CodecError",
+    "bound_bytes",
+    "codec_of",
+    "decode_tensor",
+    "encode_tensor",
+    "values_bytes_of",
 ]
 
 CODECS = ("dense", "bitmap", "indices", "rice", "delta", "known")

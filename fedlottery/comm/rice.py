@@ -26,8 +26,20 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "RiceError", "RicePlan", "plan_mask", "mask_size_lower_bound", "plan_positions", "write", "encode_mask", "decode_mask",
-    "encode_positions", "decode_positions", "encoded_size", "varint_bytes", "read_varint", "varint_len",
+    "RiceError",
+    "RicePlan",
+    "decode_mask",
+    "decode_positions",
+    "encode_mask",
+    "encode_positions",
+    "encoded_size",
+    "mask_size_lower_bound",
+    "plan_mask",
+    "plan_positions",
+    "read_varint",
+    "varint_bytes",
+    "varint_len",
+    "write",
 ]
 
 _MAX_K = 56  # fields of <= 56 bits span <= 8 bytes, so one uint64 holds each
@@ -162,7 +174,7 @@ def _plan_coded(coded: np.ndarray, n: int, polarity: int) -> RicePlan:
     gaps[1:] -= 1
     total = int(coded[-1]) + 1 - m  # sum of the gaps
     mean = total / m
-    k_hi = min(_MAX_K, (int(math.floor(math.log2(mean))) + 2) if mean >= 1 else 1)
+    k_hi = min(_MAX_K, (math.floor(math.log2(mean)) + 2) if mean >= 1 else 1)
     best_k, best = 0, None
     for k in range(k_hi + 1):
         quot = total if k == 0 else int((gaps >> k).sum())
@@ -186,9 +198,8 @@ def plan_positions(positions: np.ndarray, n: int) -> RicePlan:
     """Plan the stream of sorted unique positions in [0, n)."""
     pos = np.asarray(positions, dtype=np.int64).reshape(-1)
     n = int(n)
-    if pos.size:
-        if pos[0] < 0 or pos[-1] >= n or (pos.size > 1 and not bool((np.diff(pos) > 0).all())):
-            raise ValueError("positions must be sorted, unique and within [0, n)")
+    if pos.size and (pos[0] < 0 or pos[-1] >= n or (pos.size > 1 and not bool((np.diff(pos) > 0).all()))):
+        raise ValueError("positions must be sorted, unique and within [0, n)")
     if pos.size > n - pos.size:
         mask = np.zeros(n, dtype=bool)
         mask[pos] = True

@@ -23,7 +23,7 @@ from fedlottery.data.datasets import Dataset
 __all__ = ["ClientSplit", "PartitionConfig", "describe", "make_partitions"]
 
 SCHEMES: tuple[str, ...] = ("shards", "dirichlet", "pathological", "iid")
-TEST_MODES: tuple[str, ...] = ("labels", "iid", "global")
+TEST_MODES: tuple[str, ...] = ("labels", "matched", "iid", "global")
 MAX_DIRICHLET_DRAWS = 100
 
 
@@ -62,7 +62,7 @@ class PartitionConfig:
     alpha: float = 0.5  # dirichlet concentration
     labels_per_client: int = 2  # pathological
     val_fraction: float = 0.1  # share of each client's images held out as its local validation split
-    test: Literal["labels", "iid", "global"] = "labels"
+    test: Literal["labels", "matched", "iid", "global"] = "labels"  # matched: own label mix, test_size/client
     min_size: int = 2  # dirichlet: redraw until every client has at least this many images
 
     def validate(self, path: str = "partition") -> None:
@@ -302,6 +302,21 @@ def _split_val(share: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarra
     return share[~mask].astype(np.int64), share[mask].astype(np.int64)
 
 
+def _matched_test(y_test: np.ndarray, num_classes: int, own: np.ndarray, size: int,
+                  rng: np.random.Generator) -> torch.Tensor:
+    """`size` test images drawn with the client's own label proportions (without replacement per label;
+    different clients may share images). The personalised test for skewed, e.g. Dirichlet, splits."""
+    shares = np.bincount(own, minlength=num_classes) / max(len(own), 1)
+    exact = shares * size
+    counts = np.floor(exact).astype(np.int64)
+    counts[np.argsort(counts - exact)[: size - int(counts.sum())]] += 1
+    picked = []
+    for label in np.flatnonzero(counts):
+        pool = np.flatnonzero(y_test == label)
+        picked.append(rng.choice(pool, size=min(int(counts[label]), len(pool)), replace=False))
+    return torch.from_numpy(np.sort(np.concatenate(picked)).astype(np.int64)) if picked else torch.empty(0, dtype=torch.int64)
+
+
 def _test_indices(
     y_test: np.ndarray,
     num_classes: int,
@@ -310,13 +325,16 @@ def _test_indices(
     cfg: PartitionConfig,
     rng: np.random.Generator,
 ) -> list[torch.Tensor]:
-    """Each client's test indices: its labels' test images, an iid share, or the whole test set."""
+    """Each client's test indices: its labels' test images, a sample matching its label mix, an iid share,
+    or the whole test set."""
     n_clients = len(shares)
     if cfg.test == "global":
         whole = torch.arange(len(y_test), dtype=torch.int64)
         return [whole] * n_clients
     if cfg.test == "iid":
         return [torch.from_numpy(np.sort(p)) for p in _iid(len(y_test), n_clients, rng, what="test images")]
+    if cfg.test == "matched":
+        return [_matched_test(y_test, num_classes, y_train[share], len(y_test) // n_clients, rng) for share in shares]
     present = np.zeros(num_classes, dtype=bool)
     cache: dict[bytes, torch.Tensor] = {}  # many clients share a label set; build each tensor once
     out = []
