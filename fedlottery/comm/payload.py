@@ -46,11 +46,11 @@ def unpack_state(
         raise CodecError(f"payload has tensors the model lacks: {unknown[:5]}")
     state, keeps = {}, {}
     for name, array in record.items():
+        want = expected[name]
+        if tuple(array.shape) != tuple(want.shape):  # checked before decoding: never allocate a forged size
+            raise CodecError(f"{name}: shape {tuple(array.shape)} != expected {tuple(want.shape)}")
         ref = reference[name] if reference is not None and name in reference else None
         tensor, keep = decode_tensor(array, ref)
-        want = expected[name]
-        if tuple(tensor.shape) != tuple(want.shape):
-            raise CodecError(f"{name}: shape {tuple(tensor.shape)} != expected {tuple(want.shape)}")
         state[name] = tensor.to(want.dtype)
         if name in prunable:
             keeps[name] = keep if keep is not None else torch.ones(want.shape, dtype=torch.bool)
