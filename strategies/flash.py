@@ -135,6 +135,7 @@ class _Flash(FederatedStrategy):
         return lr * (final / lr) ** (min(server_round, self.options.lr_decay_rounds) / self.options.lr_decay_rounds)
 
     def is_search_round(self, server_round: int) -> bool:
+        """Masks may change in rounds 2, 2 + mask_interval, ... (round 1 is the hunt)."""
         return self.hunted and (server_round - 2) % self.options.mask_interval == 0
 
     def sample(self, server_round: int) -> list[int]:
@@ -223,7 +224,7 @@ class HeteroFlashStrategy(_Flash):
         return sorted(self.options.levels)
 
     def update_masks(self, server_round: int, replies: list[Reply]) -> None:
-        if (server_round - 1) % self.options.mask_interval:
+        if not self.is_search_round(server_round):
             return
         top = self.server_mask()
         self.set_levels(top_magnitude_mask(self.global_state, top.kept_per_layer(), within=top))
