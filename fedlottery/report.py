@@ -78,7 +78,7 @@ def _plot(runs: list[tuple[Path, dict]], out: Path) -> list[Path]:
                 ax_density.hist(densities, bins=20, range=(0, 1), alpha=0.5,
                                 label=f"{d.name}/{name}" if len(runs) > 1 else name)
     ax_round.set(xlabel="round", ylabel="personalised accuracy (%)")
-    ax_mb.set(xlabel="cumulative MB communicated (up + down)", ylabel="personalised accuracy (%)")
+    ax_mb.set(xlabel="cumulative MiB communicated (up + down)", ylabel="personalised accuracy (%)")
     ax_density.set(xlabel="final client density", ylabel="clients")
     paths = []
     for fig, ax, fname in ((fig_round, ax_round, "accuracy_vs_round.png"), (fig_mb, ax_mb, "accuracy_vs_mb.png"),
