@@ -43,10 +43,11 @@ def table() -> str:
         mine = {r["round"]: r for r in rows if r["strategy"] == name}
         old = {r["round"]: r for r in earlier if r["strategy"] == name and r["round"] in mine}
         old_total = sum(r["bytes_up"] + r["bytes_down"] for r in old.values())
-        same = len(old) == len(mine) and all(
-            old[k]["values_bytes_up"] == mine[k]["values_bytes_up"] for k in mine)
+        same = len(old) == len(mine) and all(old[k]["values_bytes_up"] == mine[k]["values_bytes_up"]
+                                             for k in mine)
         lines.append(
-            f"| {name} | {len(mine)} | {s['bytes_up'] / MB:.2f} | {s['bytes_down'] / MB:.2f} | {total[name] / MB:.2f} | "
+            f"| {name} | {len(mine)} | {s['bytes_up'] / MB:.2f} | {s['bytes_down'] / MB:.2f} | "
+            f"{total[name] / MB:.2f} | "
             f"{total[name] / total['fedavg']:.3f} | {s['values_bytes_up'] / MB:.2f} | "
             f"{s['bytes_up'] / s['values_bytes_up']:.3f} | {old_total / MB:.2f} | "
             f"{total[name] / old_total:.3f} | {'yes' if same else 'no'} |"

@@ -125,13 +125,11 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
     options = cfg.options_for(name)
     personal = strategy.personal_names(options, batchnorm)
     held = _held_mask(context, name)
+    if held is None:  # a client that was never sent a mask holds the dense one
+        held = Mask.ones({n: theta0[n].shape for n in prunable})
     state, sent = unpack_state(message.content["model"], theta0, held, set(prunable))
-    if bool(conf["broadcast"]):  # the same dense model for everyone: this client applies its own mask
-        mask = held
-    else:
-        mask = sent
-    if mask is None:
-        mask = Mask.ones({n: theta0[n].shape for n in prunable})
+    # broadcast: the same dense model for everyone, and this client applies its own mask
+    mask = held if bool(conf["broadcast"]) or sent is None else sent
     if mask_crc(mask) != int(conf["mask-crc"]):
         raise CodecError("client mask out of sync with the server's")
     if mask != held:

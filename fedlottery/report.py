@@ -27,8 +27,10 @@ def comparison_table(runs: list[tuple[str, dict]]) -> str:
                 f"| {label} | {name} | {_pct(s['personalized_acc_final'])}"
                 + (f" ± {100 * std:.1f}" if std is not None else "")
                 + f" | {_pct(s['paper_metric_best_of_rounds'])} | {_pct(s['global_acc_final'])} | "
-                f"{_pct(s.get('deployed_acc_final'))} | {s['density_mean_final']:.3f} | {s['bytes_up'] / MB:.2f} | {s['bytes_down'] / MB:.2f} | "
-                f"{s.get('bytes_down_broadcast', s['bytes_down']) / MB:.2f} | {s['values_bytes_up'] / MB:.2f} | {s['wall_s']:.1f} |"
+                f"{_pct(s.get('deployed_acc_final'))} | {s['density_mean_final']:.3f} | "
+                f"{s['bytes_up'] / MB:.2f} | {s['bytes_down'] / MB:.2f} | "
+                f"{s.get('bytes_down_broadcast', s['bytes_down']) / MB:.2f} | {s['values_bytes_up'] / MB:.2f} | "
+                f"{s['wall_s']:.1f} |"
             )
     return "\n".join(lines)
 

@@ -30,8 +30,8 @@ from strategies.base import FederatedStrategy, ServerSetup
 ROUND_COLUMNS = [
     "round", "strategy", "clients", "personalized_acc_mean", "paper_metric", "global_acc", "deployed_acc_mean",
     "density_mean",
-    "bytes_up", "bytes_down", "bytes_down_broadcast", "values_bytes_up", "values_bytes_down", "eval_bytes", "pruned_clients",
-    "failed_clients", "wall_s",
+    "bytes_up", "bytes_down", "bytes_down_broadcast", "values_bytes_up", "values_bytes_down", "eval_bytes",
+    "pruned_clients", "failed_clients", "wall_s",
 ]
 RESULT_FILES = ("rounds.csv", "clients.csv", "summary.json")
 

@@ -133,7 +133,8 @@ class FederatedStrategy(Strategy):
         self.global_state = {k: v.clone() for k, v in setup.theta0.items()}
         self.shapes = {n: setup.theta0[n].shape for n in setup.prunable}
         self.masks: dict[int, Mask] = {pid: Mask.ones(self.shapes) for pid in setup.node_of}
-        self.client_holds: dict[int, Mask | None] = {pid: None for pid in setup.node_of}
+        # What each client holds (None: unknown, after a lost reply); a new client holds the dense mask.
+        self.client_holds: dict[int, Mask | None] = {pid: Mask.ones(self.shapes) for pid in setup.node_of}
         self.personal = self.personal_names(self.options, setup.batchnorm)
         self.rng = random.Random(setup.seed)
         self.partition_of = {node: pid for pid, node in setup.node_of.items()}
@@ -178,14 +179,15 @@ class FederatedStrategy(Strategy):
         (or, for a broadcast strategy, the same dense model for everyone)."""
         mask = self.masks[partition_id]
         comm = self.setup.comm
-        if self.broadcast:
+        broadcast = self.broadcast and self.client_holds[partition_id] is not None  # else resync by unicast
+        if broadcast:
             arrays = pack_state(self.global_state, skip=self.personal, values=comm.values)
         else:
             arrays = pack_state(self.personal_state(partition_id), mask, self.client_holds[partition_id],
                                 self.personal, comm.codec, comm.values)
         config = ConfigRecord({
             "strategy": self.name, "round": server_round, "partition-id": partition_id,
-            "broadcast": self.broadcast, "mask-crc": mask_crc(mask),
+            "broadcast": broadcast, "mask-crc": mask_crc(mask),
             **self.instructions(partition_id, server_round),
         })
         return Message(RecordDict({"model": arrays, "config": config}), self.setup.node_of[partition_id],

@@ -314,7 +314,9 @@ def _matched_test(y_test: np.ndarray, num_classes: int, own: np.ndarray, size: i
     for label in np.flatnonzero(counts):
         pool = np.flatnonzero(y_test == label)
         picked.append(rng.choice(pool, size=min(int(counts[label]), len(pool)), replace=False))
-    return torch.from_numpy(np.sort(np.concatenate(picked)).astype(np.int64)) if picked else torch.empty(0, dtype=torch.int64)
+    if not picked:
+        return torch.empty(0, dtype=torch.int64)
+    return torch.from_numpy(np.sort(np.concatenate(picked)).astype(np.int64))
 
 
 def _test_indices(
@@ -334,7 +336,8 @@ def _test_indices(
     if cfg.test == "iid":
         return [torch.from_numpy(np.sort(p)) for p in _iid(len(y_test), n_clients, rng, what="test images")]
     if cfg.test == "matched":
-        return [_matched_test(y_test, num_classes, y_train[share], len(y_test) // n_clients, rng) for share in shares]
+        size = len(y_test) // n_clients
+        return [_matched_test(y_test, num_classes, y_train[share], size, rng) for share in shares]
     present = np.zeros(num_classes, dtype=bool)
     cache: dict[bytes, torch.Tensor] = {}  # many clients share a label set; build each tensor once
     out = []
