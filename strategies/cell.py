@@ -57,6 +57,8 @@ def cell_gate(memory: dict[str, float], acc: float, opts: CELLOptions) -> float 
 
 
 class CELLStrategy(FederatedStrategy):
+    """CELL: broadcast downlink, per-client adaptive pruning threshold, sample-weighted aggregation."""
+
     name = "cell"
     options_cls = CELLOptions
     broadcast = True

@@ -16,6 +16,8 @@ class FedAvgOptions:
 
 
 class FedAvgStrategy(FederatedStrategy):
+    """Dense FedAvg: local training, sample-weighted mean."""
+
     name = "fedavg"
     options_cls = FedAvgOptions
 

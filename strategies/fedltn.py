@@ -47,13 +47,14 @@ class FedLTNOptions:
             raise ConfigError(f"{path}.server_momentum: must be in [0, 1), got {self.server_momentum}")
         if self.server_lr <= 0:
             raise ConfigError(f"{path}.server_lr: must be > 0, got {self.server_lr}")
-        for key in ("jump_start", "jump_start_weights"):
-            value = getattr(self, key)
-            if value is not None and not Path(value).expanduser().is_file():
-                raise ConfigError(f"{path}.{key}: no such file: {value}")
+        if self.jump_start_weights is not None and self.jump_start is None:
+            raise ConfigError(f"{path}.jump_start_weights: needs jump_start (the ticket's mask)")
+        # The files are read by the server only (clients, possibly elsewhere, never open them): see _jump_start.
 
 
 class FedLTNStrategy(FederatedStrategy):
+    """FedLTN: post-pruning without rewinding, personal BatchNorm, server momentum."""
+
     name = "fedltn"
     options_cls = FedLTNOptions
 
@@ -85,6 +86,9 @@ class FedLTNStrategy(FederatedStrategy):
             self._jump_start()
 
     def _jump_start(self) -> None:
+        for path in (self.options.jump_start, self.options.jump_start_weights):
+            if path is not None and not Path(path).expanduser().is_file():
+                raise FileNotFoundError(f"strategy_options.fedltn: jump-start file not found: {path}")
         ticket = Mask.load(Path(self.options.jump_start).expanduser())
         if sorted(ticket.names()) != sorted(self.shapes) or any(
             tuple(ticket[n].shape) != tuple(self.shapes[n]) for n in self.shapes

@@ -194,10 +194,14 @@ class _Flash(FederatedStrategy):
 
 
 class FlashSPDSTStrategy(_Flash):
+    """FLASH-SPDST: one hunted mask at the target density, fixed for the whole run."""
+
     name = "flash-spdst"
 
 
 class FlashJMWSTStrategy(_Flash):
+    """FLASH-JMWST: clients prune-and-regrow; the server keeps the top-|w| of the aggregate at the target."""
+
     name = "flash-jmwst"
     searches_masks = True
 
@@ -211,6 +215,8 @@ class FlashJMWSTStrategy(_Flash):
 
 
 class HeteroFlashStrategy(_Flash):
+    """hetero-FLASH: clients at density levels, each sent its level's nested mask."""
+
     name = "hetero-flash"
 
     def __init__(self, setup: ServerSetup, options: Any = None):

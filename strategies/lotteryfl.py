@@ -37,6 +37,8 @@ class LotteryFLOptions:
 
 
 class LotteryFLStrategy(FederatedStrategy):
+    """LotteryFL: gated pruning by downloaded weights, rewind to theta_0, masked mean over holders."""
+
     name = "lotteryfl"
     options_cls = LotteryFLOptions
 
