@@ -60,17 +60,28 @@ def _print_levels_table(summary_path: Path) -> None:
     print(f"\nwritten: {summary_path.parent}/levels.csv, summary.json, accuracy_vs_remaining.png, masks/")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _federated_job(args: argparse.Namespace, out_prefix: str = "", strategies: list[str] | None = None,
+                   extra_products: tuple[str, ...] = ()):
+    """The federated config with the command line's overrides, and its prepared output directory."""
     from fedlottery.config import load_federated_config
-    from fedlottery.report import comparison_table
     from fedlottery.server_app import RESULT_FILES
-    from fedlottery.simulation import run_federated
 
     cfg = load_federated_config(args.config)
+    if strategies is not None:
+        cfg.strategies = strategies
     if args.rounds is not None:
         cfg.rounds = args.rounds
-    out = Path(args.out or Path("runs") / Path(args.config).stem)
-    _prepare_out(out, args.overwrite, RESULT_FILES)
+    cfg.validate()
+    out = Path(args.out or Path("runs") / f"{out_prefix}{Path(args.config).stem}")
+    _prepare_out(out, args.overwrite, RESULT_FILES + extra_products)
+    return cfg, out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fedlottery.report import comparison_table
+    from fedlottery.simulation import run_federated
+
+    cfg, out = _federated_job(args)
     summary = run_federated(cfg, out)
     print(comparison_table([(out.name, summary)]))
     print(f"\nwritten: {out}/rounds.csv, clients.csv, summary.json  (plots: fedlottery report {out})")
@@ -78,19 +89,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from fedlottery.config import load_federated_config
     from fedlottery.report import report
-    from fedlottery.server_app import RESULT_FILES
     from fedlottery.simulation import run_federated
     from strategies import available
 
-    cfg = load_federated_config(args.config)
-    cfg.strategies = args.strategies or list(available())
-    if args.rounds is not None:
-        cfg.rounds = args.rounds
-    cfg.validate()
-    out = Path(args.out or Path("runs") / f"compare_{Path(args.config).stem}")
-    _prepare_out(out, args.overwrite, RESULT_FILES + ("table.md",))
+    cfg, out = _federated_job(args, "compare_", args.strategies or list(available()), ("table.md",))
     run_federated(cfg, out)
     table = report([out])
     (out / "table.md").write_text(table + "\n")
@@ -115,6 +118,13 @@ def cmd_strategies(args: argparse.Namespace) -> int:
     return 0
 
 
+def _federated_arguments(parser: argparse.ArgumentParser, config_help: str, default_out: str) -> None:
+    parser.add_argument("config", help=config_help)
+    parser.add_argument("--out", help=f"output directory (default {default_out})")
+    parser.add_argument("--rounds", type=int, help="override the config's number of rounds")
+    parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedlottery", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,10 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=cmd_imp)
 
     run = sub.add_parser("run", help="run a federated experiment (Flower simulation on Ray)")
-    run.add_argument("config", help="YAML experiment config, e.g. configs/default.yaml")
-    run.add_argument("--out", help="output directory (default runs/<config name>)")
-    run.add_argument("--rounds", type=int, help="override the config's number of rounds")
-    run.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    _federated_arguments(run, "YAML experiment config, e.g. configs/default.yaml", "runs/<config name>")
     run.set_defaults(func=cmd_run)
 
     rep = sub.add_parser("report", help="markdown table and PNG plots across federated run directories")
@@ -138,11 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_report)
 
     cmp = sub.add_parser("compare", help="run every strategy on one partition, model and seed; one table + plots")
-    cmp.add_argument("config", help="YAML experiment config (its `strategies` list is replaced)")
+    _federated_arguments(cmp, "YAML experiment config (its `strategies` list is replaced)",
+                         "runs/compare_<config name>")
     cmp.add_argument("--strategies", type=_names, help="comma-separated subset (default: every installed one)")
-    cmp.add_argument("--out", help="output directory (default runs/compare_<config name>)")
-    cmp.add_argument("--rounds", type=int, help="override the config's number of rounds")
-    cmp.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     cmp.set_defaults(func=cmd_compare)
 
     strat = sub.add_parser("strategies", help="list the installed federated strategies")

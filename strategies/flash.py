@@ -119,7 +119,6 @@ class _Flash(FederatedStrategy):
         self.level_of = {pid: len(self.level_fractions()) - 1 for pid in setup.node_of}
         self.level_masks = [start]
         self.hunted = False
-        self.hunt_densities: dict[str, float] = {}
 
     def level_fractions(self) -> list[float]:
         return [1.0]
@@ -169,10 +168,8 @@ class _Flash(FederatedStrategy):
 
     def finish_hunt(self, replies: list[Reply]) -> None:
         """Rescale the hunters' mean layer densities to the target; a fresh random mask; restart at theta_0."""
-        self.hunt_densities = {
-            n: sum(r.metrics[DENSITY_PREFIX + n] for r in replies) / len(replies) for n in self.shapes
-        }
-        counts = rescale_counts(self.hunt_densities, self.sizes, self.options.density)
+        densities = {n: sum(r.metrics[DENSITY_PREFIX + n] for r in replies) / len(replies) for n in self.shapes}
+        counts = rescale_counts(densities, self.sizes, self.options.density)
         top = random_mask_with_counts(self.shapes, counts, self.generator)
         self.global_state = {k: v.clone() for k, v in self.setup.theta0.items()}
         self.set_levels(top)

@@ -6,7 +6,7 @@ torch.set_num_threads(1)
 import pytest  # noqa: E402
 
 from fedlottery.config import LocalTrainingConfig  # noqa: E402
-from fedlottery.models import build_model, clone_state, prunable_names  # noqa: E402
+from fedlottery.models import batchnorm_names, build_model, clone_state, prunable_names  # noqa: E402
 from fedlottery.sparsity import Mask  # noqa: E402
 from strategies.base import ClientData, ClientTask, ServerSetup  # noqa: E402
 
@@ -43,8 +43,6 @@ def make_setup():
     """A server setup over `clients` partitions for a model: make_setup(model_name, clients=4, per_round=2)."""
 
     def make(model_name="mlp_digits", clients=4, per_round=2, seed=0):
-        from fedlottery.models import batchnorm_names
-
         torch.manual_seed(seed)
         model = build_model(model_name, (1, 8, 8), 10)
         return ServerSetup(clone_state(model), prunable_names(model), {p: 100 + p for p in range(clients)},
