@@ -6,6 +6,7 @@ before any work starts, and the error names the key path (e.g. ``pruning.rate``)
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -290,10 +291,15 @@ class SimulationConfig:
     num_gpus: float = 0.0
     ray_address: str | None = None  # e.g. "auto" or "ray://host:10001"; None: $RAY_ADDRESS, else a local Ray
     device: str = "auto"  # "auto": cuda when the client actor was given a GPU, else cpu
+    actors: int | None = None  # client actors at once (None: as many as the resources allow)
+    round_timeout: float = 600.0  # seconds a round waits for replies; a later reply counts as failed
 
     def validate(self, path: str) -> None:
         _check(self.num_cpus > 0, f"{path}.num_cpus", "must be > 0")
         _check(self.num_gpus >= 0, f"{path}.num_gpus", "must be >= 0")
+        _check(self.actors is None or self.actors >= 1, f"{path}.actors", "must be >= 1 (or null: automatic)")
+        _check(math.isfinite(self.round_timeout) and self.round_timeout > 0, f"{path}.round_timeout",
+               "must be a positive number of seconds")
 
 
 @dataclass
@@ -318,6 +324,37 @@ class CommConfig:
 
 
 @dataclass
+class FaultsConfig:
+    """Seeded fault injection: per round, the probability that a client misbehaves in each way (0: never).
+    Draws depend only on (seed, strategy, round, partition, fault), so a run's faults are reproducible."""
+
+    train_crash: float = 0.0  # the client raises during training
+    eval_crash: float = 0.0  # the client raises during evaluation
+    late: float = 0.0  # the client replies after the round's deadline (simulation.round_timeout)
+    corrupt: float = 0.0  # the client replies with corrupted payload bytes
+    nan: float = 0.0  # the client replies with a NaN among its weights
+    lie_examples: float = 0.0  # the client claims more training examples than it holds
+
+    def validate(self, path: str) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _check(0 <= value <= 1, f"{path}.{f.name}", f"is a probability in [0, 1], got {value}")
+
+    def any(self) -> bool:
+        return any(getattr(self, f.name) > 0 for f in dataclasses.fields(self))
+
+
+@dataclass
+class CheckpointConfig:
+    """How often a run saves everything it needs to resume (`fedlottery run --resume`)."""
+
+    every: int = 1  # rounds between checkpoints; 0 disables them
+
+    def validate(self, path: str) -> None:
+        _check(self.every >= 0, f"{path}.every", "must be >= 0 (0 disables checkpoints)")
+
+
+@dataclass
 class FederatedConfig:
     """A federated experiment: the strategies to compare on one partition, model and seed."""
 
@@ -332,6 +369,8 @@ class FederatedConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     comm: CommConfig = field(default_factory=CommConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     strategy_options: dict[str, dict] = field(default_factory=dict)  # per strategy name, checked by it
 
     def validate(self, path: str = "") -> None:
