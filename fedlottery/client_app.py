@@ -1,36 +1,43 @@
 """The Flower ClientApp: decodes what the server sent, runs the named strategy's client half, encodes the reply.
 
-A client learns the experiment once (a setup query) and keeps only small things in its Context: the
-experiment config and, per strategy, the mask it holds (so the server never re-sends an unchanged mask).
-Data, partitions and theta_0 are rebuilt from the config and cached per process (Ray actors live long).
+A client learns the experiment once (a setup query, which also says where client state lives) and keeps
+only that in its Context. Its own state between rounds (held mask, memory, personal tensors, last trained
+weights) lives in a versioned client-state store (fedlottery.client_state): the message names the version
+to start from, and training saves a new one. Data, partitions and theta_0 are rebuilt from the config and
+cached per process (Ray actors live long).
 """
 from __future__ import annotations
 
 import functools
 import json
+import time
 import zlib
 
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedlottery.client_state import ClientState, ClientStateStore, ContextStore, DirectoryStore
 from fedlottery.comm import CodecError, pack_state, unpack_state
-from fedlottery.config import FederatedConfig, from_dict
+from fedlottery.config import FederatedConfig
+from fedlottery.experiment import experiment_from_dict
 from fedlottery.data import load_dataset, make_partitions
+from fedlottery.faults import EVAL_FAULTS, TRAIN_FAULTS, InjectedFault, faults_of
 from fedlottery.models import batchnorm_names, build_model, clone_state, prunable_names
 from fedlottery.sparsity import Mask
 from fedlottery.training import evaluate
-from strategies import get_strategy
+from strategies import get_strategy, options_for
 from strategies.base import ClientData, ClientTask, mask_crc
 
 app = ClientApp()
 STATE_KEY = "fedlottery"
-DOWNLINK_KEYS = ("strategy", "round", "partition-id", "broadcast", "mask-crc")  # the rest: strategy instructions
+# the rest of a downlink config: the strategy's instructions
+DOWNLINK_KEYS = ("strategy", "round", "partition-id", "broadcast", "mask-crc", "state-version", "state-keep")
 
 
 @functools.lru_cache(maxsize=4)
 def experiment(config_json: str) -> FederatedConfig:
-    return from_dict(FederatedConfig, json.loads(config_json))
+    return experiment_from_dict(json.loads(config_json))  # every check, strategies included
 
 
 @functools.lru_cache(maxsize=4)
@@ -70,34 +77,21 @@ def client_data(config_json: str, partition_id: int, device: torch.device) -> Cl
     )
 
 
-def _held_mask(context: Context, strategy: str) -> Mask | None:
-    record = context.state.get(f"mask.{strategy}")
-    if record is None:
-        return None
-    return Mask({name: torch.from_numpy(array.numpy()) for name, array in record.items()})
-
-
-def _hold_mask(context: Context, strategy: str, mask: Mask) -> None:
-    context.state[f"mask.{strategy}"] = ArrayRecord({n: Array(t.numpy()) for n, t in mask.items()})
-
-
-def _held_tensors(context: Context, key: str) -> dict[str, torch.Tensor] | None:
-    record = context.state.get(key)
-    return None if record is None else {k: torch.from_numpy(a.numpy()) for k, a in record.items()}
-
-
-def _hold_tensors(context: Context, key: str, tensors: dict[str, torch.Tensor]) -> None:
-    context.state[key] = ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in tensors.items()})
-
-
 @app.query()
 def setup(message: Message, context: Context) -> Message:
-    """Learn the experiment; answer with the partition this node holds (its stable identity)."""
-    config_json = str(message.content["config"]["experiment"])
+    """Learn the experiment and where client state lives; answer with the partition this node holds."""
+    config = message.content["config"]
+    config_json = str(config["experiment"])
     experiment(config_json)  # validate now, so a bad config fails at setup, not mid-round
-    context.state[STATE_KEY] = ConfigRecord({"experiment": config_json})
+    context.state[STATE_KEY] = ConfigRecord({"experiment": config_json, "state-dir": str(config.get("state-dir", ""))})
     pid = int(context.node_config["partition-id"])
     return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=message)
+
+
+def state_store(context: Context) -> ClientStateStore:
+    """The simulation's shared directory when the server named one, else this node's own Context."""
+    root = str(context.state[STATE_KEY].get("state-dir", ""))
+    return DirectoryStore(root) if root else ContextStore(context)
 
 
 @app.train()
@@ -119,24 +113,26 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
     conf = message.content["config"]
     if int(conf["partition-id"]) != pid:
         raise RuntimeError(f"message meant for partition {conf['partition-id']} reached partition {pid}")
-    name = str(conf["strategy"])
+    name, server_round = str(conf["strategy"]), int(conf["round"])
+    faults = faults_of(cfg.faults, cfg.seed, name, server_round, pid, TRAIN_FAULTS if training else EVAL_FAULTS)
+    if "train_crash" in faults or "eval_crash" in faults:
+        raise InjectedFault(f"injected fault: {faults[0]}")
     strategy = get_strategy(name)
     theta0, prunable, batchnorm = initial_state(config_json)
-    options = cfg.options_for(name)
+    options = options_for(cfg, name)
     personal = strategy.personal_names(options, batchnorm)
-    held = _held_mask(context, name)
-    if held is None:  # a client that was never sent a mask holds the dense one
-        held = Mask.ones({n: theta0[n].shape for n in prunable})
+    store = state_store(context)
+    version = int(conf["state-version"])
+    held_state = store.load(name, pid, version)
+    held = held_state.mask or Mask.ones({n: theta0[n].shape for n in prunable})
     state, sent = unpack_state(message.content["model"], theta0, held, set(prunable))
     # broadcast: the same dense model for everyone, and this client applies its own mask
     mask = held if bool(conf["broadcast"]) or sent is None else sent
     if mask_crc(mask) != int(conf["mask-crc"]):
         raise CodecError("client mask out of sync with the server's")
-    if mask != held:
-        _hold_mask(context, name, mask)
     mask.apply_(state)
     personal_state = {k: theta0[k] for k in personal}
-    personal_state.update(_held_tensors(context, f"personal.{name}") or {})
+    personal_state.update(held_state.personal)
     device = device_for(cfg)
     dataset, _ = _partitions(config_json)
     model = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, cfg.model.init)
@@ -144,34 +140,65 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
     model.to(device)
     data = client_data(config_json, pid, device)
     if not training:
-        loss, acc = evaluate(model, data.test)
-        metrics = {"partition-id": pid, "num-examples": len(data.test[1]), "test-acc": acc, "test-loss": loss}
-        if cfg.evaluation.deployed:
-            # The model this client would really hold: its own last trained weights (else what it got).
-            kept = _held_tensors(context, f"trained.{name}")
-            if kept is not None:
-                model.load_state_dict(kept)
-                model.to(device)
-            metrics["deployed-acc"] = evaluate(model, data.test)[1]
-        return Message(RecordDict({"model": ArrayRecord(), "metrics": MetricRecord(metrics)}), reply_to=message)
+        return _evaluate(message, model, data, held_state, cfg, pid, device)
 
-    generator = torch.Generator().manual_seed(zlib.crc32(f"{cfg.seed}/{conf['round']}/{pid}/{name}".encode()))
-    memory_key = f"memory.{name}"
-    memory = {k: float(v) for k, v in context.state.get(memory_key, ConfigRecord()).items()}
+    generator = torch.Generator().manual_seed(zlib.crc32(f"{cfg.seed}/{server_round}/{pid}/{name}".encode()))
     instructions = {k: v for k, v in conf.items() if k not in DOWNLINK_KEYS}
     task = ClientTask(model, mask, {k: v.to(device) for k, v in theta0.items()}, data, cfg.local, options,
-                      generator, int(conf["round"]), memory, instructions)
+                      generator, server_round, dict(held_state.memory), instructions)
     update = strategy.client_train(task)
-    context.state[memory_key] = ConfigRecord(task.memory)
+    new_state = ClientState(None if update.mask.density() == 1.0 else update.mask, task.memory,
+                            dict(held_state.personal), dict(held_state.trained))
     if update.send_state and personal:
-        _hold_tensors(context, f"personal.{name}", {k: update.state[k] for k in personal})
+        new_state.personal = {k: update.state[k] for k in personal}
     if update.send_state and cfg.evaluation.deployed:
-        _hold_tensors(context, f"trained.{name}", update.state)
-    if update.mask != mask:
-        _hold_mask(context, name, update.mask)
+        new_state.trained = dict(update.state)
+    store.save(name, pid, server_round, new_state)
+    store.keep_only(name, pid, {int(conf["state-keep"]), version, server_round})
+    num_examples = update.num_examples * (1000 if "lie_examples" in faults else 1)
+    if "nan" in faults and update.send_state:
+        _inject_nan(update.state, update.mask)
     arrays = ArrayRecord()
     if update.send_state:
         arrays = pack_state(update.state, update.mask, mask, personal, cfg.comm.codec, cfg.comm.values)
-    metrics = {"partition-id": pid, "num-examples": update.num_examples,
+    if "corrupt" in faults and arrays:
+        _corrupt(arrays)
+    metrics = {"partition-id": pid, "num-examples": num_examples,
                "mask-changed": float(update.mask != mask), **update.metrics}
-    return Message(RecordDict({"model": arrays, "metrics": MetricRecord(metrics)}), reply_to=message)
+    reply = Message(RecordDict({"model": arrays, "metrics": MetricRecord(metrics)}), reply_to=message)
+    if "late" in faults:
+        time.sleep(cfg.simulation.round_timeout + 1.0)  # past the round's deadline: the server has moved on
+    return reply
+
+
+def _evaluate(message: Message, model, data: ClientData, held: ClientState, cfg: FederatedConfig, pid: int,
+              device: torch.device) -> Message:
+    """The personalised model on the whole local test set (and the deployed one: the client's own last
+    trained weights, or what it got when it has never trained)."""
+    loss, acc = evaluate(model, data.test)
+    metrics = {"partition-id": pid, "num-examples": len(data.test[1]), "test-acc": acc, "test-loss": loss}
+    if cfg.evaluation.deployed:
+        if held.trained:
+            model.load_state_dict(held.trained)
+            model.to(device)
+        metrics["deployed-acc"] = evaluate(model, data.test)[1]
+    return Message(RecordDict({"model": ArrayRecord(), "metrics": MetricRecord(metrics)}), reply_to=message)
+
+
+def _inject_nan(state: dict[str, torch.Tensor], mask: Mask) -> None:
+    """faults.nan: one kept weight becomes NaN (the first kept entry of the first prunable tensor)."""
+    for name in mask:
+        kept = torch.nonzero(mask[name].flatten())
+        if len(kept):
+            state[name] = state[name].clone()
+            state[name].view(-1)[int(kept[0])] = float("nan")
+            return
+
+
+def _corrupt(arrays: ArrayRecord) -> None:
+    """faults.corrupt: flip one byte in the middle of the first tensor's encoding."""
+    name = next(iter(arrays))
+    array = arrays[name]
+    data = bytearray(array.data)
+    data[len(data) // 2] ^= 0xFF
+    arrays[name] = Array(dtype=array.dtype, shape=array.shape, stype=array.stype, data=bytes(data))

@@ -66,6 +66,10 @@ class Progress:
         self.total, self.done, self.log = total, 0, log
         self.start = time.perf_counter()
 
+    def skip(self, done: int) -> None:
+        """Units finished by an earlier process (a resumed run): out of the count and of the ETA."""
+        self.total -= done
+
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 

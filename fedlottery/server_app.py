@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,22 +19,27 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedlottery.comm import ByteMeter, broadcast_bytes, content_bytes, values_bytes
-from fedlottery.config import FederatedConfig, load_federated_config, to_dict
+from fedlottery.checkpoint import CHECKPOINT_FILE, file_sizes, load_checkpoint, save_checkpoint, truncate_to
+from fedlottery.comm import ByteMeter, CodecError, broadcast_bytes, content_bytes, values_bytes
+from fedlottery.config import ConfigError, FederatedConfig, to_dict
+from fedlottery.experiment import load_experiment
 from fedlottery.data import describe, load_dataset, make_partitions
 from fedlottery.models import batchnorm_names, build_model, clone_state, prunable_names
 from fedlottery.results import CsvLog, Progress, stderr_log, write_json
 from fedlottery.training import evaluate
-from strategies import get_strategy
+from strategies import get_strategy, options_for
 from strategies.base import FederatedStrategy, ServerSetup
+from strategies.replies import one_line
 
 ROUND_COLUMNS = [
-    "round", "strategy", "clients", "personalized_acc_mean", "paper_metric", "global_acc", "deployed_acc_mean",
-    "density_mean",
+    "round", "strategy", "clients", "personalized_acc_mean", "evaluated_clients", "paper_metric", "global_acc",
+    "deployed_acc_mean", "density_mean",
     "bytes_up", "bytes_down", "bytes_down_broadcast", "values_bytes_up", "values_bytes_down", "eval_bytes",
-    "pruned_clients", "failed_clients", "wall_s",
+    "pruned_clients", "failed_train_clients", "failed_eval_clients", "wall_s",
 ]
-RESULT_FILES = ("rounds.csv", "clients.csv", "summary.json")
+CLIENT_COLUMNS = ["strategy", "partition_id", "final_acc", "best_acc", "density"]
+RESULT_FILES = ("rounds.csv", "clients.csv", "summary.json", "failures.log", CHECKPOINT_FILE)
+CLIENT_STATE_DIR = "client_state"
 
 
 @dataclass
@@ -42,25 +48,40 @@ class StrategyRun:
 
     name: str
     meter: ByteMeter = field(default_factory=ByteMeter)
-    last_acc: dict[int, float] = field(default_factory=dict)
+    last_acc: dict[int, float] = field(default_factory=dict)  # the last evaluation's, evaluated clients only
     best_acc: dict[int, float] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
 
 
-def discover_clients(grid: Grid, cfg: FederatedConfig, timeout: float = 600) -> dict[int, int]:
-    """Send every node the experiment and learn which partition it holds: partition id -> node id."""
+@dataclass
+class Experiment:
+    """What every strategy of a run shares: data, partitions, theta_0, the clients' nodes and the logs."""
+
+    cfg: FederatedConfig
+    out_dir: Path
+    dataset: object
+    template: torch.nn.Module
+    setup: dict  # ServerSetup fields shared by every strategy
+    rounds_log: CsvLog
+    clients_log: CsvLog
+    progress: Progress
+
+
+def discover_clients(grid: Grid, cfg: FederatedConfig, state_dir: str, timeout: float = 600) -> dict[int, int]:
+    """Send every node the experiment (and where client state lives); learn which partition each holds."""
     expected = cfg.partition.num_clients
     deadline = time.monotonic() + timeout
     while len(nodes := list(grid.get_node_ids())) < expected:
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {len(nodes)} of {expected} client nodes connected within {timeout:.0f}s")
         time.sleep(0.5)
-    config = ConfigRecord({"experiment": json.dumps(to_dict(cfg))})
+    config = ConfigRecord({"experiment": json.dumps(to_dict(cfg)), "state-dir": state_dir})
     messages = [Message(RecordDict({"config": config}), node, MessageType.QUERY) for node in nodes]
     node_of: dict[int, int] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
-            raise RuntimeError(f"client setup failed on node {reply.metadata.src_node_id}: {reply.error.reason}")
+            raise RuntimeError(f"client setup failed on node {reply.metadata.src_node_id}: "
+                               f"{one_line(reply.error.reason)}")
         pid = int(reply.content["metrics"]["partition-id"])
         if pid in node_of:
             raise RuntimeError(f"two nodes claim partition {pid}: check num-supernodes and partition.num_clients")
@@ -71,118 +92,220 @@ def discover_clients(grid: Grid, cfg: FederatedConfig, timeout: float = 600) -> 
     return node_of
 
 
-def run_experiment(grid: Grid, cfg: FederatedConfig, out_dir: Path, log: Callable[[str], None] = stderr_log) -> dict:
-    """Run every configured strategy for cfg.rounds rounds; returns the summary also written to summary.json."""
+def run_experiment(grid: Grid, cfg: FederatedConfig, out_dir: Path, log: Callable[[str], None] = stderr_log,
+                   resume: bool = False, client_state: str = "directory") -> dict:
+    """Run every configured strategy for cfg.rounds rounds; returns the summary also written to summary.json.
+
+    resume: go on from out_dir's checkpoint (same config), truncating result files back to it.
+    client_state: "directory" keeps client state in out_dir/client_state (simulations: durable, off the
+    driver); "context" in each SuperNode's own Context (a real deployment, one SuperNode per device).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = _resumable_checkpoint(out_dir, cfg) if resume else None
+    if checkpoint is not None:
+        truncate_to(out_dir, checkpoint["files"])
+        log(f"resuming {out_dir}: {checkpoint['strategy']['name'] if checkpoint.get('strategy') else 'next'} "
+            f"strategy #{checkpoint['strategy_index'] + 1}, after round {checkpoint['round']}")
+    exp = _prepare(grid, cfg, out_dir, log, client_state, checkpoint)
+    summary: dict = checkpoint["summary"] if checkpoint else {"config": to_dict(cfg), "strategies": {}}
+    for index, name in enumerate(cfg.strategies):
+        if checkpoint is not None and index < checkpoint["strategy_index"]:
+            continue
+        strategy = get_strategy(name)(ServerSetup(**exp.setup), options_for(cfg, name))
+        run, first_round = StrategyRun(name), 1
+        if checkpoint is not None and index == checkpoint["strategy_index"] and checkpoint["strategy"]:
+            strategy.restore_state(checkpoint["strategy"]["state"])
+            run, first_round = checkpoint["run"], checkpoint["round"] + 1
+        strategy.summary()
+        _run_strategy(grid, exp, strategy, run, first_round, index, summary)
+        for pid in sorted(exp.setup["node_of"]):
+            exp.clients_log.append({"strategy": name, "partition_id": pid, "final_acc": run.last_acc.get(pid),
+                                    "best_acc": run.best_acc.get(pid), "density": strategy.masks[pid].density()})
+        summary["strategies"][name] = _strategy_summary(run, strategy, cfg.partition.num_clients)
+        write_json(out_dir / "summary.json", summary)
+        _checkpoint(exp, index + 1, 0, None, None, summary)
+    return summary
+
+
+def _resumable_checkpoint(out_dir: Path, cfg: FederatedConfig) -> dict:
+    checkpoint = load_checkpoint(out_dir)
+    if checkpoint["config"] != to_dict(cfg):
+        saved, now = checkpoint["config"], to_dict(cfg)
+        keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        raise ConfigError(f"--resume: the config differs from the checkpointed run's in {', '.join(keys)}; "
+                          "resume with the same config, or start afresh with --overwrite")
+    return checkpoint
+
+
+def _prepare(grid, cfg: FederatedConfig, out_dir: Path, log, client_state: str, checkpoint) -> Experiment:
     random.seed(cfg.seed)
     dataset = load_dataset(cfg.data.dataset, cfg.data.root)
     splits = make_partitions(dataset, cfg.partition, cfg.seed)
     log(f"partitions: {describe(splits)}")
     torch.manual_seed(cfg.seed)
     template = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, cfg.model.init)
-    theta0, prunable, batchnorm = clone_state(template), prunable_names(template), batchnorm_names(template)
-    node_of = discover_clients(grid, cfg)
-    rounds_log = CsvLog(out_dir / "rounds.csv", ROUND_COLUMNS)
-    clients_log = CsvLog(out_dir / "clients.csv", ["strategy", "partition_id", "final_acc", "best_acc", "density"])
+    state_dir = str((out_dir / CLIENT_STATE_DIR).resolve()) if client_state == "directory" else ""
+    if checkpoint is None and state_dir:
+        shutil.rmtree(state_dir, ignore_errors=True)  # a fresh run: no client state from an earlier one
+    node_of = discover_clients(grid, cfg, state_dir)
+    setup = dict(theta0=clone_state(template), prunable=prunable_names(template), node_of=node_of,
+                 clients_per_round=cfg.clients_per_round, seed=cfg.seed, local=cfg.local,
+                 batchnorm=batchnorm_names(template), comm=cfg.comm,
+                 train_sizes={pid: len(split.train) for pid, split in enumerate(splits)},
+                 test_sizes={pid: len(split.test) for pid, split in enumerate(splits)})
     progress = Progress(cfg.rounds * len(cfg.strategies), log)
-    summary: dict = {"config": to_dict(cfg), "strategies": {}}
-    for name in cfg.strategies:
-        setup = ServerSetup(theta0, prunable, node_of, cfg.clients_per_round, cfg.seed, cfg.local, batchnorm,
-                            cfg.comm)
-        strategy = get_strategy(name)(setup, cfg.options_for(name))
-        strategy.summary()
-        run = _run_strategy(grid, cfg, strategy, template, dataset, rounds_log, progress)
-        for pid in sorted(node_of):
-            clients_log.append({"strategy": name, "partition_id": pid, "final_acc": run.last_acc.get(pid),
-                                "best_acc": run.best_acc.get(pid), "density": strategy.masks[pid].density()})
-        summary["strategies"][name] = _strategy_summary(run, strategy)
-        write_json(out_dir / "summary.json", summary)
-    return summary
+    if checkpoint is not None:
+        progress.skip(checkpoint["strategy_index"] * cfg.rounds + checkpoint["round"])
+    return Experiment(cfg, out_dir, dataset, template, setup, CsvLog(out_dir / "rounds.csv", ROUND_COLUMNS),
+                      CsvLog(out_dir / "clients.csv", CLIENT_COLUMNS), progress)
 
 
-def _run_strategy(grid, cfg, strategy: FederatedStrategy, template, dataset, rounds_log, progress) -> StrategyRun:
-    run = StrategyRun(strategy.name)
-    meter = run.meter
-    prunable = set(strategy.setup.prunable)
-    test = (dataset.x_test, dataset.y_test)
-    for rnd in range(1, cfg.rounds + 1):
+def _checkpoint(exp: Experiment, index: int, rnd: int, strategy: FederatedStrategy | None, run, summary) -> None:
+    if exp.cfg.checkpoint.every == 0:
+        return
+    if strategy is not None:
+        strategy.mark_checkpoint()
+    save_checkpoint(exp.out_dir, {
+        "config": to_dict(exp.cfg), "strategy_index": index, "round": rnd, "run": run, "summary": summary,
+        "strategy": None if strategy is None else {"name": strategy.name, "state": strategy.checkpoint_state()},
+        "files": file_sizes(exp.out_dir, ("rounds.csv", "clients.csv", "failures.log")),
+    })
+
+
+def _send(grid: Grid, strategy: FederatedStrategy, messages: list, timeout: float) -> list:
+    """Send the round's messages and wait for replies until the deadline (late ones count as failed)."""
+    strategy.record_sent(messages)
+    return list(grid.send_and_receive(messages, timeout=timeout))
+
+
+def _run_strategy(grid, exp: Experiment, strategy: FederatedStrategy, run: StrategyRun, first_round: int,
+                  index: int, summary: dict) -> None:
+    cfg = exp.cfg
+    for rnd in range(first_round, cfg.rounds + 1):
         start = time.perf_counter()
-        messages = list(strategy.configure_train(rnd, None, None, grid))
-        for msg in messages:
-            pid = strategy.partition_of[msg.metadata.dst_node_id]
-            meter.add(rnd, pid, "down", content_bytes(msg.content), values_bytes(msg.content["model"], prunable))
-            strategy.note_sent(msg)
-        meter.add_broadcast(rnd, broadcast_bytes(messages))
-        replies = list(grid.send_and_receive(messages))
-        for reply in replies:
-            if not reply.has_error():
-                pid = strategy.partition_of.get(reply.metadata.src_node_id, -1)
-                meter.add(rnd, pid, "up", content_bytes(reply.content), values_bytes(reply.content["model"], prunable))
-        failures_before = len(strategy.failures)
-        _, train_metrics = strategy.aggregate_train(rnd, replies)
-        failed = len(messages) - int(train_metrics["clients"])
-        row = {
-            "round": rnd, "strategy": strategy.name, "clients": int(train_metrics["clients"]),
-            "density_mean": round(strategy.density_mean(), 6),
-            "bytes_up": meter.round_total(rnd, "up"), "bytes_down": meter.round_total(rnd, "down"),
-            "bytes_down_broadcast": meter.broadcast.get(rnd, 0),
-            "values_bytes_up": meter.round_total(rnd, "up", "values"),
-            "values_bytes_down": meter.round_total(rnd, "down", "values"),
-            "pruned_clients": int(round(train_metrics.get("pruned", 0.0) * train_metrics["clients"])),
-            "failed_clients": failed,
-        }
-        if failed:
-            progress.log(f"round {rnd}: {failed} client(s) failed: {strategy.failures[failures_before:]}")
+        row = _train_round(grid, exp, strategy, run, rnd)
         if rnd % cfg.evaluation.every == 0 or rnd == cfg.rounds:
-            eval_messages = list(strategy.configure_evaluate(rnd, None, None, grid))
-            eval_bytes = 0
-            for msg in eval_messages:
-                eval_bytes += content_bytes(msg.content)
-                strategy.note_sent(msg)
-            eval_replies = list(grid.send_and_receive(eval_messages))
-            eval_bytes += sum(content_bytes(r.content) for r in eval_replies if not r.has_error())
-            results = strategy.evaluation_results(eval_replies)
-            accs = {pid: m["test-acc"] for pid, m in results.items()}
-            deployed = [m["deployed-acc"] for m in results.values() if "deployed-acc" in m]
-            row["deployed_acc_mean"] = round(float(np.mean(deployed)), 6) if deployed else None
-            run.last_acc.update(accs)
-            for pid, acc in accs.items():
-                run.best_acc[pid] = max(acc, run.best_acc.get(pid, 0.0))
-            row["personalized_acc_mean"] = round(float(np.mean(list(accs.values()))), 6) if accs else None
-            row["paper_metric"] = round(float(np.mean(list(run.best_acc.values()))), 6) if run.best_acc else None
-            row["eval_bytes"] = eval_bytes
-            if cfg.evaluation.global_model:
-                template.load_state_dict(strategy.global_model_state())
-                row["global_acc"] = round(evaluate(template, test)[1], 6)
+            row.update(_evaluate_round(grid, exp, strategy, run, rnd))
         row["wall_s"] = round(time.perf_counter() - start, 3)
-        rounds_log.append(row)
+        exp.rounds_log.append(row)
         run.rows.append(row)
-        acc = row.get("personalized_acc_mean")
-        progress.step(
-            f"{strategy.name} round {rnd}/{cfg.rounds}: {row['clients']} clients"
-            + (f", personalised acc {100 * acc:.2f}%" if acc is not None else "")
+        exp.progress.step(_progress_line(strategy.name, rnd, cfg, row))
+        if cfg.checkpoint.every and (rnd % cfg.checkpoint.every == 0 or rnd == cfg.rounds):
+            _checkpoint(exp, index, rnd, strategy, run, summary)
+
+
+def _train_round(grid, exp: Experiment, strategy: FederatedStrategy, run: StrategyRun, rnd: int) -> dict:
+    meter, prunable = run.meter, set(strategy.setup.prunable)
+    messages = list(strategy.configure_train(rnd, None, None, grid))
+    pid_of = {id(m): int(m.content["config"]["partition-id"]) for m in messages}
+    for msg in messages:
+        meter.add(rnd, pid_of[id(msg)], "down", content_bytes(msg.content), values_bytes(msg.content["model"], prunable))
+    meter.add_broadcast(rnd, broadcast_bytes(messages))
+    replies = _send(grid, strategy, messages, exp.cfg.simulation.round_timeout)
+    sent_ids = {m.metadata.message_id: pid_of[id(m)] for m in messages}
+    for reply in sorted(replies, key=lambda r: sent_ids.get(r.metadata.reply_to_message_id, -1)):
+        if not reply.has_error() and "model" in reply.content:
+            meter.add(rnd, sent_ids.get(reply.metadata.reply_to_message_id, -1), "up", content_bytes(reply.content),
+                      _safe_values_bytes(reply.content["model"], prunable))
+    _, train_metrics = strategy.aggregate_train(rnd, replies)
+    accepted = int(train_metrics["clients"])
+    _log_failures(exp, strategy)
+    return {
+        "round": rnd, "strategy": strategy.name, "clients": accepted,
+        "density_mean": round(strategy.density_mean(), 6),
+        "bytes_up": meter.round_total(rnd, "up"), "bytes_down": meter.round_total(rnd, "down"),
+        "bytes_down_broadcast": meter.broadcast.get(rnd, 0),
+        "values_bytes_up": meter.round_total(rnd, "up", "values"),
+        "values_bytes_down": meter.round_total(rnd, "down", "values"),
+        "pruned_clients": int(round(train_metrics.get("pruned", 0.0) * accepted)),
+        "failed_train_clients": len(messages) - accepted,
+    }
+
+
+def _safe_values_bytes(record, prunable: set[str]) -> int:
+    """The papers' accounting of an upload; 0 for bytes too broken to read (the reply is rejected anyway)."""
+    try:
+        return values_bytes(record, prunable)
+    except (CodecError, ValueError, TypeError):
+        return 0
+
+
+def _evaluate_round(grid, exp: Experiment, strategy: FederatedStrategy, run: StrategyRun, rnd: int) -> dict:
+    """Every client's personalised model on its whole local test set; failures counted, never hidden."""
+    messages = list(strategy.configure_evaluate(rnd, None, None, grid))
+    eval_bytes = sum(content_bytes(m.content) for m in messages)
+    replies = _send(grid, strategy, messages, exp.cfg.simulation.round_timeout)
+    eval_bytes += sum(content_bytes(r.content) for r in replies if not r.has_error())
+    results = strategy.evaluation_results(rnd, replies)
+    _log_failures(exp, strategy)
+    accs = {pid: m["test-acc"] for pid, m in results.items()}
+    deployed = [results[pid]["deployed-acc"] for pid in sorted(results) if "deployed-acc" in results[pid]]
+    run.last_acc = dict(accs)
+    for pid, acc in accs.items():
+        run.best_acc[pid] = max(acc, run.best_acc.get(pid, 0.0))
+    row = {
+        "personalized_acc_mean": _mean(accs[pid] for pid in sorted(accs)),
+        "evaluated_clients": len(accs), "failed_eval_clients": len(messages) - len(accs),
+        "deployed_acc_mean": _mean(deployed),
+        "paper_metric": _mean(run.best_acc[pid] for pid in sorted(run.best_acc)),
+        "eval_bytes": eval_bytes,
+    }
+    if exp.cfg.evaluation.global_model:
+        exp.template.load_state_dict(strategy.global_model_state())
+        row["global_acc"] = round(evaluate(exp.template, (exp.dataset.x_test, exp.dataset.y_test))[1], 6)
+    return row
+
+
+def _mean(values) -> float | None:
+    values = list(values)
+    return round(float(np.mean(values)), 6) if values else None
+
+
+def _log_failures(exp: Experiment, strategy: FederatedStrategy) -> None:
+    """One line per failure on the progress log; the full text in the run's failures.log."""
+    if not strategy.round_failures:
+        return
+    with (exp.out_dir / "failures.log").open("a") as f:
+        for failure in strategy.round_failures:
+            f.write(f"[{strategy.name}] {failure.line()}\n")
+            if failure.detail != failure.cause:
+                f.write("    " + failure.detail.replace("\n", "\n    ").rstrip() + "\n")
+    lines = [f.line() for f in strategy.round_failures]
+    exp.progress.log(f"{strategy.name}: {len(lines)} client(s) failed: " + "; ".join(lines[:3])
+                     + (f"; ... (see {exp.out_dir / 'failures.log'})" if len(lines) > 3 else ""))
+
+
+def _progress_line(name: str, rnd: int, cfg: FederatedConfig, row: dict) -> str:
+    acc, evaluated = row.get("personalized_acc_mean"), row.get("evaluated_clients")
+    partial = f" (over {evaluated} of {cfg.partition.num_clients} clients)" if evaluated is not None and \
+        evaluated < cfg.partition.num_clients else ""
+    return (f"{name} round {rnd}/{cfg.rounds}: {row['clients']} clients"
+            + (f", personalised acc {100 * acc:.2f}%{partial}" if acc is not None else "")
             + (f", global acc {100 * row['global_acc']:.2f}%" if row.get("global_acc") is not None else "")
             + f", density {row['density_mean']:.3f}, up {row['bytes_up'] / 1e6:.3f} MB, "
-            f"down {row['bytes_down'] / 1e6:.3f} MB"
-        )
-    return run
+            f"down {row['bytes_down'] / 1e6:.3f} MB")
 
 
-def _strategy_summary(run: StrategyRun, strategy: FederatedStrategy) -> dict:
+def _strategy_summary(run: StrategyRun, strategy: FederatedStrategy, num_clients: int) -> dict:
     meter = run.meter
-    last_eval = next(r for r in reversed(run.rows) if r.get("personalized_acc_mean") is not None)
+    last_eval = next((r for r in reversed(run.rows) if r.get("evaluated_clients") is not None), {})
+    final = [run.last_acc[pid] for pid in sorted(run.last_acc)]
     return {
         "rounds": len(run.rows),
-        "personalized_acc_final": last_eval["personalized_acc_mean"],
-        "personalized_acc_std": float(np.std(list(run.last_acc.values()))) if run.last_acc else None,
-        "paper_metric_best_of_rounds": last_eval["paper_metric"],
+        "personalized_acc_final": last_eval.get("personalized_acc_mean"),
+        "personalized_acc_std": float(np.std(final)) if final else None,
+        "evaluated_clients_final": last_eval.get("evaluated_clients", 0),
+        "clients": num_clients,
+        "paper_metric_best_of_rounds": last_eval.get("paper_metric"),
         "global_acc_final": last_eval.get("global_acc"),
         "deployed_acc_final": last_eval.get("deployed_acc_mean"),
         "density_mean_final": strategy.density_mean(),
         "bytes_up": meter.total("up"), "bytes_down": meter.total("down"),
         "bytes_down_broadcast": sum(meter.broadcast.values()),
         "values_bytes_up": meter.total("up", "values"), "values_bytes_down": meter.total("down", "values"),
+        "failed_train_clients": sum(r["failed_train_clients"] for r in run.rows),
+        "failed_eval_clients": sum(r.get("failed_eval_clients") or 0 for r in run.rows),
         "wall_s": round(sum(r["wall_s"] for r in run.rows), 2),
         "failures": strategy.failures,
     }
@@ -196,12 +319,13 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Read `config` (a YAML path) and `out-dir` from the run config (pyproject's [tool.flwr.app.config])."""
     run_config = context.run_config
-    cfg = load_federated_config(_resolve_config(str(run_config.get("config", "configs/default.yaml"))))
+    cfg = load_experiment(_resolve_config(str(run_config.get("config", "configs/default.yaml"))))
     if "num-rounds" in run_config and int(run_config["num-rounds"]) > 0:
         cfg.rounds = int(run_config["num-rounds"])
     out_dir = Path(str(run_config.get("out-dir", "runs/flwr")))
     stderr_log(f"results -> {out_dir.resolve()}")
-    run_experiment(grid, cfg, out_dir)
+    run_experiment(grid, cfg, out_dir, resume=bool(run_config.get("resume", False)),
+                   client_state=str(run_config.get("client-state", "directory")))
 
 
 def _resolve_config(path: str) -> str:

@@ -2,11 +2,13 @@
 
 Server half (a Flower `Strategy`): keeps the global weights, theta_0 and every client's mask keyed by
 partition id; sends each sampled client only its subnetwork (the mask only when the client lacks it);
-decodes and validates replies; a subclass supplies the aggregation rule in `aggregate`.
+checks every reply (strategies.replies) and aggregates the accepted ones in partition-id order, so the
+result never depends on the order replies arrive in; a subclass supplies the rule in `aggregate`.
 Client half (`client_train`, a classmethod run inside the ClientApp): what a client does with what it got.
 """
 from __future__ import annotations
 
+import math
 import random
 import zlib
 from abc import abstractmethod
@@ -27,6 +29,13 @@ from fedlottery.comm import CodecError, pack_state, unpack_state
 from fedlottery.config import CommConfig, LocalTrainingConfig
 from fedlottery.sparsity import Mask
 from fedlottery.training import Split
+from strategies.replies import (
+    ReplyRejected, Sent, check_count, check_finite, check_mask, check_metrics, check_tensor_set, content_of,
+    one_line,
+)
+
+
+DENSITY_SLACK = 1e-3  # per-layer rounding when a prune step is clamped to its target
 
 
 @dataclass
@@ -83,6 +92,22 @@ class ServerSetup:
     local: LocalTrainingConfig
     batchnorm: list[str] = field(default_factory=list)  # every BatchNorm tensor's name
     comm: CommConfig = field(default_factory=CommConfig)
+    train_sizes: dict[int, int] = field(default_factory=dict)  # partition id -> training images (reply checks)
+    test_sizes: dict[int, int] = field(default_factory=dict)  # partition id -> local test images
+
+
+@dataclass
+class Failure:
+    """A client that gave no usable reply: the one-line cause, and the full text for the run's log."""
+
+    server_round: int
+    partition_id: int
+    phase: str  # "train" or "evaluate"
+    cause: str
+    detail: str = ""
+
+    def line(self) -> str:
+        return f"round {self.server_round} {self.phase} partition {self.partition_id}: {self.cause}"
 
 
 @dataclass
@@ -108,12 +133,19 @@ class FederatedStrategy(Strategy):
 
     Optional hooks: `personal_names` (tensors that never leave a client), `broadcast` (send every client
     the same dense global model; each applies the mask it holds), `instructions` (extra per-message
-    config), `sample`, and `global_model_state` (what "the global model" is for global evaluation).
+    config), `sample`, `global_model_state` (what "the global model" is for global evaluation), and for the
+    reply checks: `metric_bounds` (the metrics a client may report, with their ranges), `regrows` (uploaded
+    masks may leave the mask sent, within its budget), `min_density` and `expects_upload`.
     """
 
     name: ClassVar[str] = ""
     options_cls: ClassVar[type] = NoOptions
     broadcast: ClassVar[bool] = False
+    regrows: ClassVar[bool] = False
+    metric_bounds: ClassVar[dict[str, tuple[float, float]]] = {}
+    BASE_METRICS: ClassVar[dict[str, tuple[float, float]]] = {"mask-changed": (0.0, 1.0)}
+    EVAL_METRICS: ClassVar[dict[str, tuple[float, float]]] = {
+        "test-acc": (0.0, 1.0), "test-loss": (0.0, math.inf), "deployed-acc": (0.0, 1.0)}
 
     # ---- client half ------------------------------------------------------------------------------------
     @classmethod
@@ -132,13 +164,20 @@ class FederatedStrategy(Strategy):
         self.options = options if options is not None else self.options_cls()
         self.global_state = {k: v.clone() for k, v in setup.theta0.items()}
         self.shapes = {n: setup.theta0[n].shape for n in setup.prunable}
-        self.masks: dict[int, Mask] = {pid: Mask.ones(self.shapes) for pid in setup.node_of}
-        # What each client holds (None: unknown, after a lost reply); a new client holds the dense mask.
-        self.client_holds: dict[int, Mask | None] = {pid: Mask.ones(self.shapes) for pid in setup.node_of}
+        dense = Mask.ones(self.shapes)
+        self.masks: dict[int, Mask] = {pid: dense for pid in setup.node_of}
+        # The mask in each client's stored state version (a new client holds the dense mask).
+        self.client_holds: dict[int, Mask] = {pid: dense for pid in setup.node_of}
+        # Which client-state version each client starts from (the round of its last accepted reply), and
+        # which one the last checkpoint holds (clients never delete that one).
+        self.state_version: dict[int, int] = {pid: 0 for pid in setup.node_of}
+        self.state_keep: dict[int, int] = {pid: 0 for pid in setup.node_of}
         self.personal = self.personal_names(self.options, setup.batchnorm)
         self.rng = random.Random(setup.seed)
-        self.partition_of = {node: pid for pid, node in setup.node_of.items()}
-        self.failures: list[str] = []
+        self.failures: list[str] = []  # every failure of the run, one line each
+        self.round_failures: list[Failure] = []  # this round's (and phase's), for the run's log
+        self._sent: dict[int, Sent] = {}  # id(message) -> what it carried, for this round's messages
+        self._last_messages: list[Message] = []
 
     def summary(self) -> None:
         log(INFO, "%s: %d clients, %d per round", self.name, len(self.setup.node_of), self.setup.clients_per_round)
@@ -153,7 +192,7 @@ class FederatedStrategy(Strategy):
 
     @abstractmethod
     def aggregate(self, server_round: int, replies: list[Reply]) -> None:
-        """The server rule: fold the round's decoded replies into `global_state`."""
+        """The server rule: fold the round's decoded replies (sorted by partition id) into `global_state`."""
 
     def sample(self, server_round: int) -> list[int]:
         """Partition ids for this round, from the seeded RNG (reproducible whatever the node ids)."""
@@ -167,6 +206,14 @@ class FederatedStrategy(Strategy):
         """The model evaluated on the global test set as "the global model"."""
         return self.global_state
 
+    def min_density(self, partition_id: int, sent: Mask) -> float:
+        """The lowest mask density an honest client can upload this round (reply check)."""
+        return 0.0
+
+    def expects_upload(self, partition_id: int, server_round: int) -> bool:
+        """Whether this round's training reply must carry the model (False: metrics only)."""
+        return True
+
     def personal_state(self, partition_id: int) -> dict[str, torch.Tensor]:
         """The weights client `partition_id` is sent: theta_g under its mask."""
         mask = self.masks[partition_id]
@@ -177,72 +224,127 @@ class FederatedStrategy(Strategy):
     def downlink(self, partition_id: int, message_type: str, server_round: int) -> Message:
         """Only what the client lacks: its subnetwork's values, plus the mask news against what it holds
         (or, for a broadcast strategy, the same dense model for everyone)."""
-        mask = self.masks[partition_id]
+        mask, held = self.masks[partition_id], self.client_holds[partition_id]
         comm = self.setup.comm
-        broadcast = self.broadcast and self.client_holds[partition_id] is not None  # else resync by unicast
-        if broadcast:
+        if self.broadcast:
             arrays = pack_state(self.global_state, skip=self.personal, values=comm.values)
         else:
-            arrays = pack_state(self.personal_state(partition_id), mask, self.client_holds[partition_id],
-                                self.personal, comm.codec, comm.values)
+            arrays = pack_state(self.personal_state(partition_id), mask, held, self.personal, comm.codec,
+                                comm.values)
         config = ConfigRecord({
             "strategy": self.name, "round": server_round, "partition-id": partition_id,
-            "broadcast": broadcast, "mask-crc": mask_crc(mask),
+            "broadcast": self.broadcast, "mask-crc": mask_crc(held if self.broadcast else mask),
+            "state-version": self.state_version[partition_id], "state-keep": self.state_keep[partition_id],
             **self.instructions(partition_id, server_round),
         })
-        return Message(RecordDict({"model": arrays, "config": config}), self.setup.node_of[partition_id],
-                       message_type)
+        message = Message(RecordDict({"model": arrays, "config": config}), self.setup.node_of[partition_id],
+                          message_type)
+        self._sent[id(message)] = Sent(partition_id, held if self.broadcast else mask, held)
+        return message
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                         ) -> Iterable[Message]:
+        self._sent = {}
         return [self.downlink(pid, MessageType.TRAIN, server_round) for pid in self.sample(server_round)]
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                            ) -> Iterable[Message]:
+        self._sent = {}
         return [self.downlink(pid, MessageType.EVALUATE, server_round) for pid in sorted(self.setup.node_of)]
 
-    def note_sent(self, message: Message) -> None:
-        """After a message went out: the client now holds the mask it was sent."""
-        pid = self.partition_of[message.metadata.dst_node_id]
-        self.client_holds[pid] = self.masks[pid]
+    def mark_checkpoint(self) -> None:
+        """A checkpoint now holds every client's current state version: clients must keep those."""
+        self.state_keep = dict(self.state_version)
 
-    def _decode(self, reply: Message) -> Reply:
+    # ---- replies ----------------------------------------------------------------------------------------
+    def _check_reply(self, reply: Message, sent: Sent, server_round: int, training: bool) -> Reply:
         if reply.has_error():
-            raise CodecError(f"client error: {reply.error.reason}")
-        metrics = dict(reply.content["metrics"])
-        pid = int(metrics.pop("partition-id"))
-        expected_node = self.setup.node_of.get(pid)
-        if expected_node != reply.metadata.src_node_id:
-            raise CodecError(f"reply claims partition {pid}, which node {reply.metadata.src_node_id} does not hold")
-        num_examples = int(metrics.pop("num-examples"))
-        known = self.masks[pid]
-        state, sent = unpack_state(reply.content["model"], self.global_state, known, set(self.setup.prunable))
-        mask = known if sent is None else sent
+            raise ReplyRejected(one_line(reply.error.reason))
+        model, raw = content_of(reply)
+        metrics = dict(raw)
+        pid = sent.partition_id
+        claimed = metrics.pop("partition-id", None)
+        if claimed != pid:
+            raise ReplyRejected(f"reply claims partition {claimed!r}, but was sent to partition {pid}")
+        sizes = self.setup.train_sizes if training else self.setup.test_sizes
+        limit = sizes.get(pid, 0)
+        num_examples = check_count(metrics.pop("num-examples", None), 1 if training else limit, limit)
+        if not training:
+            if len(model):
+                raise ReplyRejected("an evaluation reply must carry no model")
+            return Reply(pid, ClientWeights({}, None, num_examples), num_examples,
+                         check_metrics(metrics, self.EVAL_METRICS))
+        metrics = check_metrics(metrics, {**self.BASE_METRICS, **self.metric_bounds})
+        if not self.expects_upload(pid, server_round):
+            if len(model):
+                raise ReplyRejected("this round's reply must carry metrics only")
+            return Reply(pid, ClientWeights({}, sent.mask, num_examples), num_examples, metrics)
+        expected = set(self.global_state) - self.personal
+        check_tensor_set(model, expected, {n: self._value_type(n) for n in expected})
+        try:
+            state, uploaded = unpack_state(model, self.global_state, sent.mask, set(self.setup.prunable))
+        except CodecError as err:
+            raise ReplyRejected(str(err)) from None
+        check_finite(state)
+        mask = uploaded if uploaded is not None else sent.mask
+        check_mask(mask, sent.mask, self.regrows, self.min_density(pid, sent.mask))
         state = {**{k: self.global_state[k] for k in self.personal}, **state}
         dense = mask.num_kept() == mask.numel()
         return Reply(pid, ClientWeights(state, None if dense else mask, num_examples), num_examples, metrics)
 
-    def decode_replies(self, replies: Iterable[Message]) -> list[Reply]:
-        """Decode every reply; a bad one is logged and dropped (its client's mask is marked unknown)."""
-        decoded = []
+    def _value_type(self, name: str) -> str:
+        tensor = self.global_state[name]
+        if not tensor.is_floating_point():
+            return str(tensor.dtype).removeprefix("torch.")
+        return self.setup.comm.values if name in self.shapes else "float32"
+
+    def decode_replies(self, server_round: int, replies: Iterable[Message], training: bool = True) -> list[Reply]:
+        """Every acceptable reply, sorted by partition id; each rejected or missing one is recorded as a
+        `Failure` (one line in `failures`, the full text in `round_failures`)."""
+        sent = {m.metadata.message_id: self._sent[id(m)] for m in self._last_messages if id(m) in self._sent}
+        accepted: dict[int, Reply] = {}
+        answered: set[int] = set()
+        phase = "train" if training else "evaluate"
+        self.round_failures = []
         for reply in replies:
+            target = sent.get(reply.metadata.reply_to_message_id)
             try:
-                decoded.append(self._decode(reply))
-            except (CodecError, KeyError, ValueError) as err:
-                pid = self.partition_of.get(reply.metadata.src_node_id)
-                if pid is not None:
-                    self.client_holds[pid] = None
-                self.failures.append(f"partition {pid}: {err}")
-                log(WARNING, "dropping a reply from partition %s: %s", pid, err)
-        return decoded
+                if target is None:
+                    raise ReplyRejected("answers no message this server sent this round")
+                if target.partition_id in answered:
+                    raise ReplyRejected("a second reply from this partition this round")
+                answered.add(target.partition_id)
+                decoded = self._check_reply(reply, target, server_round, training)
+                accepted[decoded.partition_id] = decoded
+            except ReplyRejected as err:
+                pid = target.partition_id if target is not None else -1
+                detail = reply.error.reason if reply.has_error() else str(err)
+                self._fail(server_round, pid, phase, str(err), detail)
+        for target in sent.values():
+            if target.partition_id not in answered:
+                self._fail(server_round, target.partition_id, phase,
+                           "no reply before the round's deadline (simulation.round_timeout)")
+        return [accepted[pid] for pid in sorted(accepted)]
+
+    def _fail(self, server_round: int, pid: int, phase: str, cause: str, detail: str = "") -> None:
+        failure = Failure(server_round, pid, phase, cause, detail or cause)
+        self.round_failures.append(failure)
+        self.failures.append(failure.line())
+        log(WARNING, "dropping a reply: %s", failure.line())
+
+    def record_sent(self, messages: list[Message]) -> list[Message]:
+        """Remember the round's messages (Flower sets their ids in place when it pushes them)."""
+        self._last_messages = list(messages)
+        return self._last_messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        decoded = self.decode_replies(replies)
-        for r in decoded:
+        decoded = self.decode_replies(server_round, replies, training=True)
+        for r in decoded:  # the client saved this round's state under this mask: start it from there
             mask = r.upload.mask if r.upload.mask is not None else Mask.ones(self.shapes)
             self.masks[r.partition_id] = mask
             self.client_holds[r.partition_id] = mask
+            self.state_version[r.partition_id] = server_round
         if decoded:
             self.aggregate(server_round, decoded)
         metrics = {"clients": float(len(decoded))}
@@ -252,14 +354,22 @@ class FederatedStrategy(Strategy):
         return None, MetricRecord(metrics)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        results = self.evaluation_results(replies)
+        results = self.evaluation_results(server_round, replies)
         if not results:
             return None
         return MetricRecord({"personalized-acc-mean": float(np.mean([m["test-acc"] for m in results.values()]))})
 
-    def evaluation_results(self, replies: Iterable[Message]) -> dict[int, dict[str, float]]:
+    def evaluation_results(self, server_round: int, replies: Iterable[Message]) -> dict[int, dict[str, float]]:
         """Each evaluated client's metrics on its whole local test set ("test-acc", ...), by partition id."""
-        return {r.partition_id: r.metrics for r in self.decode_replies(replies)}
+        return {r.partition_id: r.metrics for r in self.decode_replies(server_round, replies, training=False)}
 
     def density_mean(self) -> float:
-        return float(np.mean([m.density() for m in self.masks.values()]))
+        return float(np.mean([self.masks[pid].density() for pid in sorted(self.masks)]))
+
+    # ---- checkpoints ------------------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything this strategy needs to go on (all attributes but the set-up, rebuilt on resume)."""
+        return {k: v for k, v in vars(self).items() if k not in ("setup", "_sent", "_last_messages")}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)

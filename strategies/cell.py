@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fedlottery.aggregation import masked_mean, mean
-from fedlottery.config import ConfigError
+from fedlottery.errors import ConfigError
 from fedlottery.models import clone_state
 from fedlottery.sparsity import MaskedParameters, magnitude_prune
 from fedlottery.training import evaluate, train
-from strategies.base import ClientTask, ClientUpdate, FederatedStrategy, Reply
+from fedlottery.sparsity import Mask
+from strategies.base import DENSITY_SLACK, ClientTask, ClientUpdate, FederatedStrategy, Reply
 
 
 @dataclass
@@ -61,7 +62,13 @@ class CELLStrategy(FederatedStrategy):
 
     name = "cell"
     options_cls = CELLOptions
+    needs_validation = True  # the pruning gate is validation accuracy against the client's threshold
     broadcast = True
+    metric_bounds = {"val-acc": (0.0, 1.0), "pruned": (0.0, 1.0), "density": (0.0, 1.0), "threshold": (0.0, 1.0)}
+
+    def min_density(self, partition_id: int, sent: Mask) -> float:
+        """A client never prunes more than gamma_max of its weights."""
+        return 1.0 - self.options.gamma_max - DENSITY_SLACK
 
     @classmethod
     def client_train(cls, task: ClientTask) -> ClientUpdate:

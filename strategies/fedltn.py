@@ -18,11 +18,11 @@ from typing import Any
 import torch
 
 from fedlottery.aggregation import masked_mean
-from fedlottery.config import ConfigError
+from fedlottery.errors import ConfigError
 from fedlottery.models import clone_state
 from fedlottery.sparsity import Mask, magnitude_prune
 from fedlottery.training import evaluate, train
-from strategies.base import ClientTask, ClientUpdate, FederatedStrategy, Reply, ServerSetup
+from strategies.base import DENSITY_SLACK, ClientTask, ClientUpdate, FederatedStrategy, Reply, ServerSetup
 
 
 @dataclass
@@ -57,6 +57,13 @@ class FedLTNStrategy(FederatedStrategy):
 
     name = "fedltn"
     options_cls = FedLTNOptions
+    needs_validation = True  # the pruning gate is the trained model's validation accuracy
+    metric_bounds = {"val-acc": (0.0, 1.0), "pruned": (0.0, 1.0), "density": (0.0, 1.0)}
+
+    def min_density(self, partition_id: int, sent: Mask) -> float:
+        """One pruning step per round, clamped at the target."""
+        one_step = sent.density() * (1 - self.options.prune_rate)
+        return max(one_step, min(sent.density(), self.options.target_density)) - DENSITY_SLACK
 
     @classmethod
     def personal_names(cls, options: Any, batchnorm: list[str]) -> frozenset[str]:

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 
 from fedlottery.aggregation import masked_mean, mean
-from fedlottery.config import ConfigError
+from fedlottery.errors import ConfigError
 from fedlottery.models import clone_state
 from fedlottery.sparsity import (
     Mask, prune_and_regrow, random_mask_with_counts, rescale_counts, top_magnitude_mask,
@@ -90,6 +90,12 @@ class _Flash(FederatedStrategy):
 
     options_cls = FlashOptions
     searches_masks = False  # clients run prune-and-regrow in mask-search rounds (JMWST)
+    regrows = True  # prune-and-regrow moves weights outside the mask sent, within its budget
+    metric_bounds = {"density": (0.0, 1.0), "hunted-density": (0.0, 1.0), DENSITY_PREFIX + "*": (0.0, 1.0)}
+
+    def expects_upload(self, partition_id: int, server_round: int) -> bool:
+        """Hunters report layer densities only."""
+        return self.hunted
 
     @classmethod
     def client_train(cls, task: ClientTask) -> ClientUpdate:

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fedlottery.aggregation import masked_mean
-from fedlottery.config import ConfigError
+from fedlottery.errors import ConfigError
 from fedlottery.models import clone_state
 from fedlottery.sparsity import MaskedParameters, magnitude_prune
 from fedlottery.training import evaluate, train
-from strategies.base import ClientTask, ClientUpdate, FederatedStrategy, Reply
+from fedlottery.sparsity import Mask
+from strategies.base import DENSITY_SLACK, ClientTask, ClientUpdate, FederatedStrategy, Reply
 
 
 @dataclass
@@ -41,6 +42,14 @@ class LotteryFLStrategy(FederatedStrategy):
 
     name = "lotteryfl"
     options_cls = LotteryFLOptions
+    needs_validation = staticmethod(lambda options: options.gate_data == "val")  # the pruning gate's data
+    metric_bounds = {"gate-acc": (0.0, 1.0), "pruned": (0.0, 1.0), "density": (0.0, 1.0)}
+
+    def min_density(self, partition_id: int, sent: Mask) -> float:
+        """One pruning step per round, clamped at the target unless the authors' overshoot is on."""
+        one_step = sent.density() * (1 - self.options.prune_rate)
+        floor = one_step if self.options.overshoot else max(one_step, min(sent.density(), self.options.target_density))
+        return floor - DENSITY_SLACK
 
     @classmethod
     def client_train(cls, task: ClientTask) -> ClientUpdate:

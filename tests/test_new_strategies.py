@@ -227,15 +227,3 @@ def test_every_strategy_is_listed_in_order():
 
     assert list(available())[:7] == [
         "fedavg", "lotteryfl", "fedltn", "flash-spdst", "flash-jmwst", "hetero-flash", "cell"]
-
-
-def test_broadcast_falls_back_to_a_resync_unicast_after_a_lost_reply(make_setup, flower_run):
-    setup = make_setup()
-    strategy = CELLStrategy(setup, CELLOptions())
-    sparse = Mask({n: torch.rand(setup.theta0[n].shape) > 0.5 for n in setup.prunable})
-    strategy.masks[1] = sparse
-    strategy.client_holds[1] = None  # what decode_replies records when a reply is lost
-    message = strategy.downlink(1, "train", 3)
-    assert message.content["config"]["broadcast"] is False
-    assert any(a.stype.split(".")[1] in ("rice", "bitmap", "indices") for a in message.content["model"].values())
-    assert strategy.downlink(0, "train", 3).content["config"]["broadcast"] is True

@@ -51,6 +51,13 @@ class ByteMeter:
     rows: dict = field(default_factory=lambda: defaultdict(lambda: {"payload": 0, "values": 0}))
     broadcast: dict[int, int] = field(default_factory=dict)
 
+    def __getstate__(self) -> dict:  # the defaultdict's factory is a lambda: pickle plain dicts
+        return {"rows": {k: dict(v) for k, v in self.rows.items()}, "broadcast": dict(self.broadcast)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.rows = defaultdict(lambda: {"payload": 0, "values": 0}, state["rows"])
+        self.broadcast = state["broadcast"]
+
     def add(self, round_: int, partition: int, direction: str, payload: int, values: int = 0) -> None:
         entry = self.rows[(round_, partition, direction)]
         entry["payload"] += payload

@@ -94,6 +94,10 @@ class Mask:
             target.mul_(keep.to(device=target.device, dtype=target.dtype))
 
     # --- serialisation ------------------------------------------------------------------------------------
+    def __reduce__(self):
+        """Pickled bit-packed (n/8 bytes): server checkpoints hold a mask per client."""
+        return (Mask.from_packed, (self.to_packed(),))
+
     def to_packed(self) -> dict[str, tuple[tuple[int, ...], np.ndarray]]:
         """Bit-packed form (1 bit per entry, numpy's big-endian bit order), per tensor: (shape, uint8 bytes)."""
         return {n: (tuple(t.shape), np.packbits(t.numpy().reshape(-1))) for n, t in self._tensors.items()}
