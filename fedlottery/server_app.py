@@ -173,9 +173,8 @@ def _checkpoint(exp: Experiment, index: int, rnd: int, strategy: FederatedStrate
     })
 
 
-def _send(grid: Grid, strategy: FederatedStrategy, messages: list, timeout: float) -> list:
+def _send(grid: Grid, messages: list, timeout: float) -> list:
     """Send the round's messages and wait for replies until the deadline (late ones count as failed)."""
-    strategy.record_sent(messages)
     return list(grid.send_and_receive(messages, timeout=timeout))
 
 
@@ -202,7 +201,7 @@ def _train_round(grid, exp: Experiment, strategy: FederatedStrategy, run: Strate
     for msg in messages:
         meter.add(rnd, pid_of[id(msg)], "down", content_bytes(msg.content), values_bytes(msg.content["model"], prunable))
     meter.add_broadcast(rnd, broadcast_bytes(messages))
-    replies = _send(grid, strategy, messages, exp.cfg.simulation.round_timeout)
+    replies = _send(grid, messages, exp.cfg.simulation.round_timeout)
     sent_ids = {m.metadata.message_id: pid_of[id(m)] for m in messages}
     for reply in sorted(replies, key=lambda r: sent_ids.get(r.metadata.reply_to_message_id, -1)):
         if not reply.has_error() and "model" in reply.content:
@@ -235,7 +234,7 @@ def _evaluate_round(grid, exp: Experiment, strategy: FederatedStrategy, run: Str
     """Every client's personalised model on its whole local test set; failures counted, never hidden."""
     messages = list(strategy.configure_evaluate(rnd, None, None, grid))
     eval_bytes = sum(content_bytes(m.content) for m in messages)
-    replies = _send(grid, strategy, messages, exp.cfg.simulation.round_timeout)
+    replies = _send(grid, messages, exp.cfg.simulation.round_timeout)
     eval_bytes += sum(content_bytes(r.content) for r in replies if not r.has_error())
     results = strategy.evaluation_results(rnd, replies)
     _log_failures(exp, strategy)

@@ -135,13 +135,14 @@ class FederatedStrategy(Strategy):
     the same dense global model; each applies the mask it holds), `instructions` (extra per-message
     config), `sample`, `global_model_state` (what "the global model" is for global evaluation), and for the
     reply checks: `metric_bounds` (the metrics a client may report, with their ranges), `regrows` (uploaded
-    masks may leave the mask sent, within its budget), `min_density` and `expects_upload`.
+    masks may leave the mask sent, within its budget), `max_abs_value`, `min_density` and `expects_upload`.
     """
 
     name: ClassVar[str] = ""
     options_cls: ClassVar[type] = NoOptions
     broadcast: ClassVar[bool] = False
     regrows: ClassVar[bool] = False
+    max_abs_value: ClassVar[float] = 1e6  # larger uploaded values are rejected as diverged or forged
     metric_bounds: ClassVar[dict[str, tuple[float, float]]] = {}
     BASE_METRICS: ClassVar[dict[str, tuple[float, float]]] = {"mask-changed": (0.0, 1.0)}
     EVAL_METRICS: ClassVar[dict[str, tuple[float, float]]] = {
@@ -176,8 +177,7 @@ class FederatedStrategy(Strategy):
         self.rng = random.Random(setup.seed)
         self.failures: list[str] = []  # every failure of the run, one line each
         self.round_failures: list[Failure] = []  # this round's (and phase's), for the run's log
-        self._sent: dict[int, Sent] = {}  # id(message) -> what it carried, for this round's messages
-        self._last_messages: list[Message] = []
+        self._pending: list[tuple[Message, Sent]] = []  # this round's messages and what each carried
 
     def summary(self) -> None:
         log(INFO, "%s: %d clients, %d per round", self.name, len(self.setup.node_of), self.setup.clients_per_round)
@@ -239,17 +239,17 @@ class FederatedStrategy(Strategy):
         })
         message = Message(RecordDict({"model": arrays, "config": config}), self.setup.node_of[partition_id],
                           message_type)
-        self._sent[id(message)] = Sent(partition_id, held if self.broadcast else mask, held)
+        self._pending.append((message, Sent(partition_id, held if self.broadcast else mask, held)))
         return message
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                         ) -> Iterable[Message]:
-        self._sent = {}
+        self._pending = []
         return [self.downlink(pid, MessageType.TRAIN, server_round) for pid in self.sample(server_round)]
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                            ) -> Iterable[Message]:
-        self._sent = {}
+        self._pending = []
         return [self.downlink(pid, MessageType.EVALUATE, server_round) for pid in sorted(self.setup.node_of)]
 
     def mark_checkpoint(self) -> None:
@@ -285,7 +285,7 @@ class FederatedStrategy(Strategy):
             state, uploaded = unpack_state(model, self.global_state, sent.mask, set(self.setup.prunable))
         except CodecError as err:
             raise ReplyRejected(str(err)) from None
-        check_finite(state)
+        check_finite(state, self.max_abs_value)
         mask = uploaded if uploaded is not None else sent.mask
         check_mask(mask, sent.mask, self.regrows, self.min_density(pid, sent.mask))
         state = {**{k: self.global_state[k] for k in self.personal}, **state}
@@ -301,7 +301,7 @@ class FederatedStrategy(Strategy):
     def decode_replies(self, server_round: int, replies: Iterable[Message], training: bool = True) -> list[Reply]:
         """Every acceptable reply, sorted by partition id; each rejected or missing one is recorded as a
         `Failure` (one line in `failures`, the full text in `round_failures`)."""
-        sent = {m.metadata.message_id: self._sent[id(m)] for m in self._last_messages if id(m) in self._sent}
+        sent = {m.metadata.message_id: target for m, target in self._pending}  # ids: set when Flower pushed them
         accepted: dict[int, Reply] = {}
         answered: set[int] = set()
         phase = "train" if training else "evaluate"
@@ -332,10 +332,9 @@ class FederatedStrategy(Strategy):
         self.failures.append(failure.line())
         log(WARNING, "dropping a reply: %s", failure.line())
 
-    def record_sent(self, messages: list[Message]) -> list[Message]:
-        """Remember the round's messages (Flower sets their ids in place when it pushes them)."""
-        self._last_messages = list(messages)
-        return self._last_messages
+    def sent_to(self, message: Message) -> Sent:
+        """What this round's `message` carried (for checks and tests)."""
+        return next(target for m, target in self._pending if m is message)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -369,7 +368,7 @@ class FederatedStrategy(Strategy):
     # ---- checkpoints ------------------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything this strategy needs to go on (all attributes but the set-up, rebuilt on resume)."""
-        return {k: v for k, v in vars(self).items() if k not in ("setup", "_sent", "_last_messages")}
+        return {k: v for k, v in vars(self).items() if k not in ("setup", "_pending")}
 
     def restore_state(self, state: dict[str, Any]) -> None:
         vars(self).update(state)

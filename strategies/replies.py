@@ -101,11 +101,17 @@ def check_tensor_set(record: ArrayRecord, expected: set[str], value_types: Mappi
             raise ReplyRejected(f"{name}: values are {vtype}, the run sends {value_types[name]}")
 
 
-def check_finite(state: Mapping[str, torch.Tensor]) -> None:
+def check_finite(state: Mapping[str, torch.Tensor], max_abs: float) -> None:
+    """Finite values no larger than `max_abs` (a weight of 1e30 is an attack or a diverged client)."""
     for name, tensor in state.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if not tensor.is_floating_point():
+            continue
+        if not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise ReplyRejected(f"{name}: {bad} non-finite value(s) (NaN or inf)")
+        largest = float(tensor.abs().max()) if tensor.numel() else 0.0
+        if largest > max_abs:
+            raise ReplyRejected(f"{name}: |value| {largest:.3g} above the {max_abs:.3g} a weight may reach")
 
 
 def check_mask(upload: Mask, sent: Mask, regrows: bool, min_density: float) -> None:

@@ -46,7 +46,8 @@ def make_setup():
         torch.manual_seed(seed)
         model = build_model(model_name, (1, 8, 8), 10)
         return ServerSetup(clone_state(model), prunable_names(model), {p: 100 + p for p in range(clients)},
-                           per_round, seed, LocalTrainingConfig(), batchnorm_names(model))
+                           per_round, seed, LocalTrainingConfig(), batchnorm_names(model),
+                           train_sizes={p: 100 for p in range(clients)}, test_sizes={p: 50 for p in range(clients)})
 
     return make
 
