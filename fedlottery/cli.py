@@ -1,11 +1,23 @@
-"""Command line: `fedlottery run | compare | imp | report | strategies`."""
+"""Command line: `fedlottery run | compare | imp | report | strategies`.
+
+Bad input fails before anything starts (before Ray, before an earlier run's results are touched) with one line on
+stderr and exit code 2: every error the user can fix is a `fedlottery.errors.UserError`. Ctrl-C stops a run
+within seconds with exit code 130, keeping the rows already written and shutting Ray down.
+"""
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
-from fedlottery.config import ConfigError
+from fedlottery.errors import ConfigError, UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 def _seeds(text: str) -> list[int]:
@@ -19,26 +31,62 @@ def _names(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
-def _prepare_out(out: Path, overwrite: bool, products: tuple[str, ...]) -> None:
-    """Refuse to mix a new run into an old one's results unless asked to replace them."""
-    existing = [p for p in products if (out / p).exists()]
+# ---- the output directory: checked early, emptied late -------------------------------------------------------
+def _check_out(out: Path, overwrite: bool, products: tuple[str, ...]) -> list[str]:
+    """Refuse an --out that cannot be a results directory, or that holds results without --overwrite. Touches
+    nothing; returns the earlier results that `_clear_out` will remove once the run is known to start."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file, not a directory; give a directory path")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--out {out}: {parent} is a file, not a directory; give a directory path")
+            break
+    existing = [p for p in products if (out / p).exists()] if out.is_dir() else []
     if existing and not overwrite:
-        raise ConfigError(f"{out} already holds results ({', '.join(existing)}); pass --overwrite or another --out")
+        raise ConfigError(f"--out {out}: already holds results ({', '.join(existing)}); pass --overwrite to "
+                          "replace them, or give another --out")
+    return existing
+
+
+def _ensure_writable(out: Path) -> None:
+    """Create --out and write a probe file in it: a directory we cannot write to fails here, not mid-run."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out, prefix=".fedlottery-probe-") as probe:
+            probe.write(b"ok")
+    except OSError as err:
+        raise ConfigError(f"--out {out}: not writable ({err.strerror or err}); give a directory you can "
+                          "write to") from None
+
+
+def _clear_out(out: Path, existing: list[str]) -> None:
+    """Remove an earlier run's results (--overwrite): called only once everything else has been checked."""
     for name in existing:
-        (out / name).unlink()
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def cmd_imp(args: argparse.Namespace) -> int:
-    from fedlottery.config import load_imp_config
+    from fedlottery.experiment import load_imp_experiment
     from fedlottery.imp import ImpRunner
+    from fedlottery.ray_runtime import check_imp_resources
     from fedlottery.results import stderr_log
 
-    cfg = load_imp_config(args.config)
-    if args.seeds is not None:
-        cfg.seeds = args.seeds
+    cfg = load_imp_experiment(args.config, seeds=args.seeds)
+    check_imp_resources(cfg)
     out = Path(args.out or Path("runs") / "imp" / Path(args.config).stem)
-    _prepare_out(out, args.overwrite, ("levels.csv", "summary.json", "accuracy_vs_remaining.png"))
-    runner = ImpRunner(cfg, out, log=stderr_log)
+    existing = _check_out(out, args.overwrite, ("levels.csv", "summary.json", "accuracy_vs_remaining.png"))
+    runner = ImpRunner(cfg, out, log=stderr_log)  # loads the data set: a bad data root fails here
+    n_train = len(runner.dataset.y_train)
+    if cfg.data.val_size >= n_train:
+        raise ConfigError(f"data.val_size: {cfg.data.val_size} would leave no training data ({cfg.data.dataset} "
+                          f"has {n_train} training images); set data.val_size below {n_train}")
+    _ensure_writable(out)
+    _clear_out(out, existing)
     stderr_log(f"IMP: {cfg.model.name} on {cfg.data.dataset}, {runner.planned_runs()} training runs -> {out}")
     runner.run()
     _print_levels_table(out / "summary.json")
@@ -62,18 +110,23 @@ def _print_levels_table(summary_path: Path) -> None:
 
 def _federated_job(args: argparse.Namespace, out_prefix: str = "", strategies: list[str] | None = None,
                    extra_products: tuple[str, ...] = ()):
-    """The federated config with the command line's overrides, and its prepared output directory."""
-    from fedlottery.config import load_federated_config
+    """Everything a federated run needs checked before it starts, in order: the config (with the command line's
+    overrides), this machine's resources, --out, the data set and its partitions, then Ray (a private local
+    instance or the configured cluster). Only then are an earlier run's results removed (--overwrite)."""
+    from fedlottery.data import load_dataset, make_partitions
+    from fedlottery.experiment import load_experiment
+    from fedlottery.ray_runtime import check_resources, start_ray
     from fedlottery.server_app import RESULT_FILES
 
-    cfg = load_federated_config(args.config)
-    if strategies is not None:
-        cfg.strategies = strategies
-    if args.rounds is not None:
-        cfg.rounds = args.rounds
-    cfg.validate()
+    cfg = load_experiment(args.config, rounds=args.rounds, strategies=strategies)
+    check_resources(cfg)
     out = Path(args.out or Path("runs") / f"{out_prefix}{Path(args.config).stem}")
-    _prepare_out(out, args.overwrite, RESULT_FILES + extra_products)
+    existing = _check_out(out, args.overwrite, RESULT_FILES + extra_products)
+    dataset = load_dataset(cfg.data.dataset, cfg.data.root)  # cached in-process: the server reuses it
+    make_partitions(dataset, cfg.partition, cfg.seed)
+    _ensure_writable(out)
+    start_ray(cfg)
+    _clear_out(out, existing)
     return cfg, out
 
 
@@ -155,16 +208,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _stop_ray() -> None:
+    from fedlottery.ray_runtime import stop_ray
+
+    stop_ray()
+
+
+def _interrupted() -> int:
+    """Ctrl-C: shut Ray down (its processes with it), say what is kept, and leave. Flower runs the ServerApp in a
+    non-daemon thread that may wait for replies until the round's timeout, so when such a thread is still alive
+    the process ends here (os._exit) instead of waiting for it; rows are appended and closed one at a time, so
+    everything written before the signal stays on disk."""
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+    except ValueError:  # not the main thread
+        pass
+    print("fedlottery: interrupted; rows already written are kept", file=sys.stderr)
+    try:
+        _stop_ray()
+    except Exception as err:  # noqa: BLE001 - leaving is what matters now
+        print(f"fedlottery: while stopping Ray: {_one_line(err)}", file=sys.stderr)
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if stuck:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+    return EXIT_INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, RuntimeError) as err:
-        print(f"fedlottery: error: {err}", file=sys.stderr)
-        return 2
+    except UserError as err:
+        print(f"fedlottery: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (FileNotFoundError, RuntimeError) as err:  # e.g. report on a missing directory, a run that failed
+        print(f"fedlottery: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("fedlottery: interrupted; rows already written are kept", file=sys.stderr)
-        return 130
+        return _interrupted()
+    finally:
+        if args.command in ("run", "compare"):
+            _stop_ray()  # Flower shuts Ray down after a run; this covers a failure before or around it
 
 
 if __name__ == "__main__":

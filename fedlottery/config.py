@@ -2,11 +2,18 @@
 
 Every mistake a user can make in a config file (unknown key, wrong type, impossible value) is caught here,
 before any work starts, and the error names the key path (e.g. ``pruning.rate``) so it can be fixed at once.
+
+This module sits low in the import graph: it imports nothing from the package but `fedlottery.errors`.
+Checks that need the registries (strategy names and options, data set and model names) live beside those
+registries (`strategies.check_config`, `fedlottery.data.check_data_config`, ...); `fedlottery.experiment`
+puts everything together (`load_experiment`).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,13 +22,67 @@ from typing import Any, Literal
 
 import yaml
 
+from fedlottery.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A config value is missing, unknown, of the wrong type or impossible; the message names the key."""
+SEED_MAX = 2**32 - 1  # numpy's SeedSequence takes any int, torch.manual_seed and random.seed do not agree above
+NONFINITE = "nonfinite"  # field(metadata={NONFINITE: True}) lets a float field take inf / nan
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+_TRAINING_DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
+
+SCHEMES: tuple[str, ...] = ("shards", "dirichlet", "pathological", "iid")
+TEST_MODES: tuple[str, ...] = ("labels", "matched", "iid", "global")
 
 
-# Imported after ConfigError, which the partition module raises.
-from fedlottery.data.partitions import PartitionConfig  # noqa: E402
+def check_seed(value: Any, key: str) -> None:
+    """A seed is an integer in [0, 2**32 - 1] (what every RNG the simulator seeds accepts)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= SEED_MAX:
+        raise ConfigError(f"{key}: {value!r} is not a seed; use an integer in [0, {SEED_MAX}] (2**32 - 1)")
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """How to split the training set among clients and what each client is tested on."""
+
+    scheme: Literal["shards", "dirichlet", "pathological", "iid"] = "shards"
+    num_clients: int = 20
+    shard_size: int = 20  # shards: images per shard
+    shards_per_client: int = 2  # shards
+    unbalanced_rate: float = 1.0  # shards: all but each client's first shard keep ceil(rate * shard_size)
+    alpha: float = 0.5  # dirichlet concentration
+    labels_per_client: int = 2  # pathological
+    val_fraction: float = 0.1  # share of each client's images held out as its local validation split
+    test: Literal["labels", "matched", "iid", "global"] = "labels"  # matched: own label mix, test_size/client
+    min_size: int = 2  # dirichlet: redraw until every client has at least this many images
+
+    def validate(self, path: str = "partition") -> None:
+        """Reject impossible values up front, naming the key, so a run never starts with them."""
+        prefix = f"{path}." if path else ""
+
+        def check(ok: bool, key: str, why: str) -> None:
+            if not ok:
+                raise ConfigError(f"{prefix}{key}: {why}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        def is_num(v: Any) -> bool:
+            return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+        check(self.scheme in SCHEMES, "scheme", f"{self.scheme!r} is not one of {', '.join(SCHEMES)}")
+        check(self.test in TEST_MODES, "test", f"{self.test!r} is not one of {', '.join(TEST_MODES)}")
+        for key in ("num_clients", "shard_size", "shards_per_client", "labels_per_client", "min_size"):
+            check(is_int(getattr(self, key)), key, f"expected an integer, got {getattr(self, key)!r}")
+        for key in ("unbalanced_rate", "alpha", "val_fraction"):
+            value = getattr(self, key)
+            check(is_num(value) and math.isfinite(value), key, f"expected a finite number, got {value!r}")
+        check(self.num_clients >= 1, "num_clients", f"must be >= 1, got {self.num_clients}")
+        check(self.shard_size >= 1, "shard_size", f"must be >= 1, got {self.shard_size}")
+        check(self.shards_per_client >= 1, "shards_per_client", f"must be >= 1, got {self.shards_per_client}")
+        check(0 < self.unbalanced_rate <= 1, "unbalanced_rate", f"must be in (0, 1], got {self.unbalanced_rate}")
+        check(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
+        check(self.labels_per_client >= 1, "labels_per_client", f"must be >= 1, got {self.labels_per_client}")
+        check(0 <= self.val_fraction < 1, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+        check(self.min_size >= 0, "min_size", f"must be >= 0, got {self.min_size}")
 
 
 @dataclass
@@ -33,10 +94,7 @@ class DataConfig:
     val_size: int = 300
 
     def validate(self, path: str) -> None:
-        from fedlottery.data import DATASETS
-
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"{path}.dataset: unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        # The data set's name is checked against the loaders by fedlottery.data.check_data_config.
         _check(self.val_size >= 0, f"{path}.val_size", "must be >= 0")
 
 
@@ -46,12 +104,7 @@ class ModelConfig:
 
     name: str = "mlp_digits"
     init: Literal["glorot_normal", "kaiming_normal", "default"] = "glorot_normal"
-
-    def validate(self, path: str) -> None:
-        from fedlottery.models import MODELS
-
-        if self.name not in MODELS:
-            raise ConfigError(f"{path}.name: unknown model {self.name!r}; choose one of {', '.join(sorted(MODELS))}")
+    # The name is checked against the model registry by fedlottery.experiment (check_model_config).
 
 
 @dataclass
@@ -75,6 +128,8 @@ class TrainingConfig:
         _check(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
         _check(self.iterations >= 1, f"{path}.iterations", "must be >= 1")
         _check(1 <= self.eval_every, f"{path}.eval_every", "must be >= 1")
+        _check(bool(_TRAINING_DEVICE.match(self.device)), f"{path}.device",
+               f"{self.device!r} is not a device; use 'cpu', 'cuda' or 'cuda:<index>'")
 
 
 @dataclass
@@ -148,6 +203,10 @@ class ImpConfig:
 
     def validate(self, path: str = "") -> None:
         _check(len(self.seeds) >= 1, "seeds", "needs at least one seed")
+        for i, seed in enumerate(self.seeds):
+            check_seed(seed, f"seeds[{i}]")
+            if seed in self.seeds[:i]:
+                raise ConfigError(f"seeds[{i}]: seed {seed} is listed twice; list each seed once")
         if self.pruning.rewind == "iteration":
             _check(
                 self.pruning.rewind_iteration < self.training.iterations,
@@ -162,15 +221,21 @@ def _check(ok: bool, key: str, why: str) -> None:
 
 
 def from_dict(cls: type, data: Any, path: str = "") -> Any:
-    """Build dataclass `cls` from a plain mapping, checking keys and types recursively, then validate."""
+    """Build dataclass `cls` from a plain mapping, checking keys and types recursively, then validate.
+
+    Floats must be finite unless the field says otherwise (``field(metadata={NONFINITE: True})``)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    where = f"{path}." if path else ""
+    for name in data:
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}{name!r}: keys must be names (strings), got {type(name).__name__}; "
+                              f"valid keys here are {', '.join(sorted(fields))}")
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        where = f"{path}." if path else ""
         raise ConfigError(
             f"{where}{unknown[0]}: unknown key; valid keys here are {', '.join(sorted(fields))}"
         )
@@ -178,7 +243,7 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     kwargs = {}
     for name, value in data.items():
         key = f"{path}.{name}" if path else name
-        kwargs[name] = _coerce(hints[name], value, key)
+        kwargs[name] = _coerce(hints[name], value, key, bool(fields[name].metadata.get(NONFINITE)))
     obj = cls(**kwargs)
     if hasattr(obj, "validate"):
         obj.validate(path)
@@ -189,7 +254,7 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     return obj
 
 
-def _coerce(hint: Any, value: Any, key: str) -> Any:
+def _coerce(hint: Any, value: Any, key: str, nonfinite: bool = False) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
@@ -202,22 +267,22 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(arg, value, key)
+                return _coerce(arg, value, key, nonfinite)
             except ConfigError as err:
-                errors.append(str(err))
+                errors.append(err)
         raise errors[0] if len(errors) == 1 else ConfigError(f"{key}: {value!r} matches none of {hint}")
     if origin is Literal:
-        if value not in args:
+        if isinstance(value, bool) or value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
-        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [_coerce(args[0], v, f"{key}[{i}]", nonfinite) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return {_coerce(args[0], k, key): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
+        return {_coerce(args[0], k, key): _coerce(args[1], v, f"{key}.{k}", nonfinite) for k, v in value.items()}
     if hint is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
@@ -225,7 +290,14 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(f"{key}: {value} is too large for a floating-point number") from None
+        if not nonfinite and not math.isfinite(value):
+            raise ConfigError(f"{key}: {value!r} is not a finite number; give a finite value (.inf / .nan are "
+                              "not allowed here)")
+        return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
@@ -241,16 +313,66 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {hint}")  # a bug in a config dataclass, not user input
 
 
+class StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may repeat keys it merges in
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key; the base class reports it
+                continue
+            if first is not None:
+                raise ConfigError(f"line {line}: duplicate key {key!r} (first given at line {first}); "
+                                  "give each key once")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping, turning file and syntax problems into ConfigError."""
+    """Read a YAML mapping, turning file and syntax problems into one-line ConfigErrors.
+
+    Refused: a missing file, a directory, a binary or non-UTF-8 file, an empty file (no silent defaults),
+    invalid YAML, duplicate keys, and a top level that is not a mapping."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; give a YAML file such as configs/default.yaml")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}; give a YAML file such as configs/default.yaml")
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read ({err.strerror or err}); check its permissions") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset "
+                          f"{err.start}); give a YAML config file") from None
+    if "\x00" in text:
+        raise ConfigError(f"config file {path} is a binary file (it holds NUL bytes); give a YAML config file")
+    try:
+        data = yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as err:
+        raise ConfigError(f"config file {path}: {err}") from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(str(p) for p in (err.context, err.problem) if p)
+        raise ConfigError(f"config file {path}: not valid YAML{where}: {what}; fix the syntax there") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    return data or {}
+        raise ConfigError(f"config file {path}: not valid YAML: {' '.join(str(err).split())}") from None
+    if data is None:
+        raise ConfigError(f"config file {path} is empty (no settings); write the experiment's settings in it, "
+                          "e.g. start from configs/default.yaml")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping of settings (key: value), "
+                          f"got a {type(data).__name__}")
+    return data
 
 
 def load_imp_config(path: str | Path) -> ImpConfig:
@@ -289,8 +411,8 @@ class SimulationConfig:
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-    ray_address: str | None = None  # e.g. "auto" or "ray://host:10001"; None: $RAY_ADDRESS, else a local Ray
-    device: str = "auto"  # "auto": cuda when the client actor was given a GPU, else cpu
+    ray_address: str | None = None  # "host:6379" or "ray://host:10001"; None: $RAY_ADDRESS, else a private local Ray
+    device: str = "auto"  # "auto": cuda when the client actor was given a GPU, else cpu; "cuda", "cuda:<i>"
     actors: int | None = None  # client actors at once (None: as many as the resources allow)
     round_timeout: float = 600.0  # seconds a round waits for replies; a later reply counts as failed
 
@@ -298,8 +420,36 @@ class SimulationConfig:
         _check(self.num_cpus > 0, f"{path}.num_cpus", "must be > 0")
         _check(self.num_gpus >= 0, f"{path}.num_gpus", "must be >= 0")
         _check(self.actors is None or self.actors >= 1, f"{path}.actors", "must be >= 1 (or null: automatic)")
+        if self.actors is not None:
+            total = self.actors * self.num_cpus
+            _check(math.isclose(total, round(total)), f"{path}.actors",
+                   f"{self.actors} actors x num_cpus {self.num_cpus:g} = {total:g} CPUs; Ray counts whole CPUs, so "
+                   "choose actors and num_cpus whose product is a whole number")
         _check(math.isfinite(self.round_timeout) and self.round_timeout > 0, f"{path}.round_timeout",
                "must be a positive number of seconds")
+        if not _DEVICE.match(self.device):
+            hint = " (a GPU is 'cuda')" if self.device.strip().lower() in ("gpu", "gpus", "nvidia") else ""
+            raise ConfigError(f"{path}.device: {self.device!r} is not a device{hint}; use 'auto', 'cpu', 'cuda' "
+                              "or 'cuda:<index>'")
+        if self.device.startswith("cuda") and self.num_gpus == 0:
+            raise ConfigError(f"{path}.device: {self.device!r} needs {path}.num_gpus > 0 (Ray hides the GPUs from "
+                              "a client actor given none); set num_gpus (e.g. 1, or 0.5 to share a GPU) or "
+                              "device: auto")
+        if self.ray_address is not None:
+            check_ray_address(self.ray_address, f"{path}.ray_address")
+
+
+def check_ray_address(address: str, key: str) -> None:
+    """An explicit Ray address: 'host:port' (a cluster's GCS) or 'ray://host:port' (Ray Client). 'auto' is refused:
+    it attaches to whichever cluster this machine last started, which may be another job's."""
+    fix = "give the cluster's explicit address, e.g. 127.0.0.1:6379 as printed by `ray start --head`"
+    if address.strip().lower() == "auto":
+        raise ConfigError(f"{key}: 'auto' is refused (it attaches to whatever Ray cluster this machine last "
+                          f"started, possibly another job's); {fix}, or leave it unset for a private local Ray")
+    rest = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: {address!r} is not a Ray address; {fix} (or ray://<host>:10001 for Ray Client)")
 
 
 @dataclass
@@ -374,36 +524,24 @@ class FederatedConfig:
     strategy_options: dict[str, dict] = field(default_factory=dict)  # per strategy name, checked by it
 
     def validate(self, path: str = "") -> None:
-        from strategies import get_strategy
-
+        """The checks that need nothing but the config; strategy names and options, data set and model names
+        are checked beside their registries (fedlottery.experiment.check_experiment runs them all)."""
+        check_seed(self.seed, "seed")
         _check(self.rounds >= 1, "rounds", "must be >= 1")
         _check(len(self.strategies) >= 1, "strategies", "name at least one strategy")
+        for i, name in enumerate(self.strategies):
+            if name in self.strategies[:i]:
+                raise ConfigError(f"strategies[{i}]: {name!r} is listed twice (first at strategies"
+                                  f"[{self.strategies.index(name)}]); list each strategy once")
         _check(self.clients_per_round >= 1, "clients_per_round", "must be >= 1")
         _check(
             self.clients_per_round <= self.partition.num_clients,
             "clients_per_round",
             f"must be <= partition.num_clients ({self.partition.num_clients})",
         )
-        for i, name in enumerate(self.strategies):
-            try:
-                get_strategy(name)
-            except KeyError as err:
-                raise ConfigError(f"strategies[{i}]: {err.args[0]}") from None
-        for name, options in self.strategy_options.items():
-            try:
-                strategy = get_strategy(name)
-            except KeyError as err:
-                raise ConfigError(f"strategy_options.{name}: {err.args[0]}") from None
-            from_dict(strategy.options_cls, options, f"strategy_options.{name}")
-
-    def options_for(self, name: str) -> Any:
-        """The typed options of strategy `name` (its defaults where the config says nothing)."""
-        from strategies import get_strategy
-
-        return from_dict(get_strategy(name).options_cls, self.strategy_options.get(name, {}),
-                         f"strategy_options.{name}")
 
 
 def load_federated_config(path: str | Path) -> FederatedConfig:
-    """Load and validate a federated experiment config."""
+    """Load a federated experiment config with the checks this module can make on its own. A run wants
+    `fedlottery.experiment.load_experiment`, which also checks strategies, data set and model names."""
     return from_dict(FederatedConfig, load_yaml(path))

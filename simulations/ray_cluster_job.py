@@ -9,12 +9,14 @@ with the config's per-client resources (`simulation.num_cpus` / `num_gpus`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedlottery.config import load_federated_config  # noqa: E402
+from fedlottery.errors import UserError  # noqa: E402
+from fedlottery.experiment import load_experiment  # noqa: E402
 from fedlottery.report import comparison_table  # noqa: E402
 from fedlottery.simulation import run_federated  # noqa: E402
 
@@ -23,11 +25,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config")
     parser.add_argument("--out", default="runs/cluster")
-    parser.add_argument("--address", default="auto", help="Ray address (default: the cluster this job runs in)")
+    parser.add_argument("--address", help="the cluster's explicit Ray address, e.g. 10.0.0.5:6379 or ray://head:10001 "
+                        "(default: simulation.ray_address, else $RAY_ADDRESS, which `ray job submit` sets)")
     args = parser.parse_args()
-    cfg = load_federated_config(args.config)
-    cfg.simulation.ray_address = args.address
-    summary = run_federated(cfg, Path(args.out))
+    try:
+        cfg = load_experiment(args.config)
+        cfg.simulation.ray_address = args.address or cfg.simulation.ray_address or os.environ.get("RAY_ADDRESS")
+        if not cfg.simulation.ray_address:
+            parser.error("no Ray cluster given: pass --address HOST:PORT or set RAY_ADDRESS")
+        cfg.simulation.validate("simulation")  # refuses 'auto' and malformed addresses
+        summary = run_federated(cfg, Path(args.out))
+    except UserError as err:
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
     print(comparison_table([(Path(args.out).name, summary)]))
 
 

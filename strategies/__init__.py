@@ -18,6 +18,7 @@ from strategies.fedavg import FedAvgStrategy
 from strategies.fedltn import FedLTNStrategy
 from strategies.flash import FlashJMWSTStrategy, FlashSPDSTStrategy, HeteroFlashStrategy
 from strategies.lotteryfl import LotteryFLStrategy
+from strategies.options import check_config, options_for, uses_validation
 
 ENTRY_POINT_GROUP = "fedlottery.strategies"
 _BUILTIN: dict[str, type[FederatedStrategy]] = {cls.name: cls for cls in (
@@ -71,4 +72,5 @@ def get_strategy(name: str) -> type[FederatedStrategy]:
 __all__ = [
     "ClientTask", "ClientUpdate", "FederatedStrategy", "NoOptions", "ServerSetup",
     "ENTRY_POINT_GROUP", "available", "get_strategy", "register",
+    "check_config", "options_for", "uses_validation",
 ]

@@ -1,7 +1,11 @@
 """Config loading: unknown keys, wrong types and impossible values fail up front, naming the key."""
+import subprocess
+import sys
+
 import pytest
 
-from fedlottery.config import ConfigError, ImpConfig, from_dict, load_imp_config
+from fedlottery.config import ConfigError, FederatedConfig, ImpConfig, from_dict, load_imp_config, load_yaml
+from fedlottery.experiment import check_imp_experiment, experiment_from_dict, load_experiment
 
 
 def test_defaults_are_valid():
@@ -41,24 +45,145 @@ def test_shipped_configs_load():
 )
 def test_bad_values_name_the_key(data, key):
     with pytest.raises(ConfigError) as err:
-        from_dict(ImpConfig, data)
+        check_imp_experiment(from_dict(ImpConfig, data))  # registry names included
     assert str(err.value).startswith(key + ":"), str(err.value)
 
 
 def test_federated_config_checks_local_training_and_strategy_options():
-    from fedlottery.config import FederatedConfig
+    import strategies
 
     with pytest.raises(ConfigError, match=r"^local\.lr:"):
-        from_dict(FederatedConfig, {"local": {"lr": -1}})
+        experiment_from_dict({"local": {"lr": -1}})
     with pytest.raises(ConfigError, match=r"^local\.epochs:"):
-        from_dict(FederatedConfig, {"local": {"epochs": 0}})
+        experiment_from_dict({"local": {"epochs": 0}})
     with pytest.raises(ConfigError, match=r"^strategy_options\.lotteryfl\.prune_rate:"):
-        from_dict(FederatedConfig, {"strategy_options": {"lotteryfl": {"prune_rate": 1.5}}})
+        experiment_from_dict({"strategy_options": {"lotteryfl": {"prune_rate": 1.5}}})
+    with pytest.raises(ConfigError, match=r"^strategy_options\.nope:"):
+        experiment_from_dict({"strategy_options": {"nope": {}}})
     with pytest.raises(ConfigError, match=r"^strategies\[1\]:"):
-        from_dict(FederatedConfig, {"strategies": ["fedavg", "nope"]})
+        experiment_from_dict({"strategies": ["fedavg", "nope"]})
     with pytest.raises(ConfigError, match=r"^clients_per_round:"):
-        from_dict(FederatedConfig, {"clients_per_round": 50})
-    assert from_dict(FederatedConfig, {}).options_for("lotteryfl").target_density == 0.1
+        experiment_from_dict({"clients_per_round": 50})
+    with pytest.raises(ConfigError, match=r"^data\.dataset:"):
+        experiment_from_dict({"data": {"dataset": "imagenet"}})
+    with pytest.raises(ConfigError, match=r"^model\.name:"):
+        experiment_from_dict({"model": {"name": "vgg99"}})
+    cfg = experiment_from_dict({})
+    assert strategies.options_for(cfg, "lotteryfl").target_density == 0.1
+    with pytest.raises(ConfigError, match=r"^strategy_options\.nope:"):
+        strategies.options_for(cfg, "nope")
+
+
+def test_config_module_is_a_leaf_of_the_import_graph():
+    """fedlottery.config imports neither the strategy registry nor the data or model packages (which import it)."""
+    code = ("import sys, fedlottery.config; "
+            "print(sorted(m for m in ('strategies', 'fedlottery.data', 'fedlottery.models') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    import fedlottery.data
+    from fedlottery.config import ConfigError as FromConfig, PartitionConfig
+    from fedlottery.errors import ConfigError as FromErrors, UserError
+
+    assert FromConfig is FromErrors and issubclass(FromErrors, UserError) and issubclass(FromErrors, ValueError)
+    assert fedlottery.data.PartitionConfig is PartitionConfig
+
+
+def test_strategy_declares_it_needs_validation_data():
+    import strategies
+    from strategies.lotteryfl import LotteryFLOptions
+
+    assert strategies.uses_validation(strategies.get_strategy("fedltn"), None)
+    assert strategies.uses_validation(strategies.get_strategy("cell"), None)
+    assert not strategies.uses_validation(strategies.get_strategy("fedavg"), None)
+    lottery = strategies.get_strategy("lotteryfl")
+    assert strategies.uses_validation(lottery, LotteryFLOptions())
+    assert not strategies.uses_validation(lottery, LotteryFLOptions(gate_data="test80"))
+    no_val = {"partition": {"val_fraction": 0}}
+    experiment_from_dict({**no_val, "strategies": ["fedavg", "flash-spdst"]})  # neither reads validation data
+    experiment_from_dict({**no_val, "strategies": ["lotteryfl"],
+                          "strategy_options": {"lotteryfl": {"gate_data": "test80"}}})
+    with pytest.raises(ConfigError, match=r"^partition\.val_fraction: .*strategies\[1\] = 'cell'"):
+        experiment_from_dict({**no_val, "strategies": ["fedavg", "cell"]})
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_floats_must_be_finite(value):
+    with pytest.raises(ConfigError, match=r"^local\.lr: .*not a finite number"):
+        from_dict(FederatedConfig, {"local": {"lr": value}})
+    with pytest.raises(ConfigError, match=r"^strategy_options\.lotteryfl\.acc_threshold: .*not a finite"):
+        experiment_from_dict({"strategy_options": {"lotteryfl": {"acc_threshold": value}}})
+
+
+def test_a_field_may_allow_non_finite_floats():
+    import dataclasses
+
+    from fedlottery.config import NONFINITE
+
+    @dataclasses.dataclass
+    class Limits:
+        cap: float = dataclasses.field(default=1.0, metadata={NONFINITE: True})
+        floor: float = 0.0
+
+    assert from_dict(Limits, {"cap": float("inf")}).cap == float("inf")
+    with pytest.raises(ConfigError, match="^floor:"):
+        from_dict(Limits, {"floor": float("-inf")})
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**70, True, 1.5])
+def test_seed_range(seed):
+    with pytest.raises(ConfigError, match=r"^seed: "):
+        from_dict(FederatedConfig, {"seed": seed})
+    with pytest.raises(ConfigError, match=r"^seeds\[1\]: "):
+        from_dict(ImpConfig, {"seeds": [0, seed]})
+
+
+def test_seed_bounds_are_accepted():
+    assert from_dict(FederatedConfig, {"seed": 2**32 - 1}).seed == 2**32 - 1
+    assert from_dict(ImpConfig, {"seeds": [0, 2**32 - 1]}).seeds == [0, 2**32 - 1]
+
+
+@pytest.mark.parametrize("data,key", [
+    ({"strategies": ["fedavg", "lotteryfl", "fedavg"]}, r"strategies\[2\]: 'fedavg' is listed twice"),
+    ({"simulation": {"device": "gpu"}}, r"simulation\.device: 'gpu' is not a device \(a GPU is 'cuda'\)"),
+    ({"simulation": {"device": "cuda:x"}}, r"simulation\.device: "),
+    ({"simulation": {"device": "cuda", "num_gpus": 0}}, r"simulation\.device: 'cuda' needs simulation\.num_gpus"),
+    ({"simulation": {"ray_address": "auto"}}, r"simulation\.ray_address: 'auto' is refused"),
+    ({"simulation": {"ray_address": "head"}}, r"simulation\.ray_address: 'head' is not a Ray address"),
+    ({"simulation": {"actors": 3, "num_cpus": 0.5}}, r"simulation\.actors: .*whole number"),
+    ({1: 2}, r"1: keys must be names"),
+])
+def test_federated_config_refusals(data, key):
+    with pytest.raises(ConfigError, match="^" + key):
+        from_dict(FederatedConfig, data)
+
+
+def test_yaml_refusals(tmp_path):
+    cases = {
+        "empty.yaml": (b"", "is empty"),
+        "comments.yaml": (b"# nothing here\n", "is empty"),
+        "binary.yaml": (b"\x00\x01\x02seed: 1", "binary"),
+        "latin1.yaml": ("seed: 1 # caf\u00e9".encode("latin-1"), "not UTF-8"),
+        "list.yaml": (b"- 1\n- 2\n", "top level must be a mapping"),
+        "dup.yaml": (b"seed: 1\nlocal:\n  lr: 0.1\n  lr: 0.2\n", "line 4: duplicate key 'lr' (first given at line 3)"),
+        "syntax.yaml": (b"local: {lr: [\n", "not valid YAML at line"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ConfigError) as err:
+            load_yaml(path)
+        assert message in str(err.value) and "\n" not in str(err.value), (name, str(err.value))
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_yaml(tmp_path)
+    merged = tmp_path / "merge.yaml"  # a merge key may bring in a key given again beside it
+    merged.write_text("base: &b {lr: 0.1, epochs: 2}\nlocal:\n  <<: *b\n  lr: 0.2\n")
+    assert load_yaml(merged)["local"] == {"lr": 0.2, "epochs": 2}
+
+
+def test_shipped_federated_configs_load_with_every_check():
+    for path in ("configs/default.yaml", "configs/compare_mnist.yaml", "configs/compare_cifar10.yaml",
+                 "configs/lotteryfl_mnist.yaml"):
+        load_experiment(path)
 
 
 def test_int_accepted_for_float_and_optional_none():

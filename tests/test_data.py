@@ -144,8 +144,23 @@ def cifar_normalise(x_uint8: np.ndarray) -> torch.Tensor:
 
 
 def test_public_names():
+    from fedlottery.data import DataCorruptError
+    from fedlottery.errors import UserError
+
     assert DATASETS == ("digits", "mnist", "fashion_mnist", "cifar10")
     assert issubclass(DataNotFoundError, FileNotFoundError)
+    # The command line reports every UserError in one line (exit 2); ValueError keeps older callers working.
+    assert issubclass(DataNotFoundError, UserError)
+    assert issubclass(DataCorruptError, UserError) and issubclass(DataCorruptError, ValueError)
+
+
+def test_check_data_config_names_the_key():
+    from fedlottery.config import ConfigError, DataConfig
+    from fedlottery.data import check_data_config
+
+    check_data_config(DataConfig(dataset="mnist"))
+    with pytest.raises(ConfigError, match=r"^data\.dataset: unknown data set 'imagenet'; choose one of digits"):
+        check_data_config(DataConfig(dataset="imagenet"))
 
 
 def test_unknown_name_lists_datasets():
@@ -260,7 +275,15 @@ def test_corrupt_idx_raises_value_error(tmp_path, damage):
         write_idx(raw / "train-labels-idx1-ubyte", np.zeros(11, dtype=np.uint8))
     else:
         target.write_bytes(gzip.compress(data))
-    with pytest.raises(ValueError):
+    with pytest.raises(ds.DataCorruptError, match="fix: replace it with an intact copy"):
+        load_dataset("mnist", root=tmp_path)
+
+
+def test_truncated_gzip_is_a_data_corrupt_error(tmp_path):
+    make_idx_set(tmp_path)
+    target = tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz"
+    target.write_bytes(target.read_bytes()[:-10])  # cut inside the gzip stream
+    with pytest.raises(ds.DataCorruptError, match=r"corrupt idx file .*train-labels-idx1-ubyte\.gz: cannot decompress"):
         load_dataset("mnist", root=tmp_path)
 
 

@@ -176,6 +176,21 @@ def test_dirichlet_impossible_min_size_raises() -> None:
         make_partitions(DATA, PartitionConfig(scheme="dirichlet", num_clients=600, min_size=2), seed=0)
 
 
+def test_impossible_partitions_are_config_errors() -> None:
+    """Data that cannot satisfy the partition settings is the user's to fix: a ConfigError (a ValueError)."""
+    with pytest.raises(ConfigError, match=r"^partition: dirichlet: .*exceed"):
+        make_partitions(DATA, PartitionConfig(scheme="dirichlet", num_clients=600, min_size=2), seed=0)
+    with pytest.raises(ConfigError, match=r"^partition: shards: .*lower num_clients"):
+        make_partitions(DATA, PartitionConfig(scheme="shards", num_clients=500, shard_size=20), seed=0)
+
+
+def test_partition_config_lives_in_the_config_module() -> None:
+    import fedlottery.config
+    import fedlottery.data.partitions
+
+    assert PartitionConfig is fedlottery.config.PartitionConfig is fedlottery.data.partitions.PartitionConfig
+
+
 # --------------------------------------------------------------------------------------------
 # pathological and iid
 # --------------------------------------------------------------------------------------------

@@ -1,19 +1,24 @@
 """Data sets for the simulator: offline loaders, a shared record type and a train/validation splitter."""
 
+from fedlottery.config import PartitionConfig
 from fedlottery.data.datasets import (
     DATASETS,
+    DataCorruptError,
     DataNotFoundError,
     Dataset,
+    check_data_config,
     load_dataset,
     resolve_data_root,
     train_val_split,
 )
-from fedlottery.data.partitions import ClientSplit, PartitionConfig, describe, make_partitions
+from fedlottery.data.partitions import ClientSplit, describe, make_partitions
 
 __all__ = [
     "DATASETS",
+    "DataCorruptError",
     "DataNotFoundError",
     "Dataset",
+    "check_data_config",
     "load_dataset",
     "resolve_data_root",
     "train_val_split",

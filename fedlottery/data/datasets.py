@@ -25,10 +25,14 @@ from pathlib import PurePosixPath
 import numpy as np
 import torch
 
+from fedlottery.errors import ConfigError, DataCorruptError, DataNotFoundError
+
 __all__ = [
     "DATASETS",
+    "DataCorruptError",
     "DataNotFoundError",
     "Dataset",
+    "check_data_config",
     "load_dataset",
     "resolve_data_root",
     "train_val_split",
@@ -42,6 +46,7 @@ ENV_DATA = "FEDLOTTERY_DATA"
 ENV_CACHE = "FEDLOTTERY_CACHE"
 
 _FIX_HINT = "pass data.root in the config, set FEDLOTTERY_DATA, or put the files at ../shared/data"
+_CORRUPT_FIX = "fix: replace it with an intact copy (or point data.root / $FEDLOTTERY_DATA at one)"
 
 # Repository root = parent of the `fedlottery` package directory.
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -127,8 +132,14 @@ class Dataset:
         )
 
 
-class DataNotFoundError(FileNotFoundError):
-    """A data root or data file is missing; the message lists where we looked and how to fix it."""
+# DataNotFoundError (missing root or files) and DataCorruptError (unreadable files) are defined in
+# fedlottery.errors, as subclasses of UserError (the command line reports them in one line, exit code 2).
+
+
+def check_data_config(cfg, path: str = "data") -> None:
+    """Check a config's `data` section against the loaders (fedlottery.config cannot import this package)."""
+    if cfg.dataset not in DATASETS:
+        raise ConfigError(f"{path}.dataset: unknown data set {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,21 +269,26 @@ def _read_idx(path: pathlib.Path, expected_magic: int) -> np.ndarray:
         else:
             raw = path.read_bytes()
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise ValueError(f"corrupt idx file {path}: cannot decompress ({exc})") from exc
+        raise DataCorruptError(f"corrupt idx file {path}: cannot decompress ({exc}); {_CORRUPT_FIX}") from exc
+    except OSError as exc:
+        raise DataCorruptError(f"cannot read idx file {path} ({exc.strerror or exc}); {_CORRUPT_FIX}") from exc
     if len(raw) < 8:
-        raise ValueError(f"corrupt idx file {path}: only {len(raw)} bytes, too short for a header")
+        raise DataCorruptError(
+            f"corrupt idx file {path}: only {len(raw)} bytes, too short for a header; {_CORRUPT_FIX}")
     magic = int.from_bytes(raw[0:4], "big")
     if magic != expected_magic:
-        raise ValueError(f"corrupt idx file {path}: magic number {magic}, expected {expected_magic}")
+        raise DataCorruptError(
+            f"corrupt idx file {path}: magic number {magic}, expected {expected_magic}; {_CORRUPT_FIX}")
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"corrupt idx file {path}: truncated header")
+        raise DataCorruptError(f"corrupt idx file {path}: truncated header; {_CORRUPT_FIX}")
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     expected = header + int(np.prod(dims, dtype=np.int64))
     if len(raw) != expected:
-        raise ValueError(
-            f"corrupt idx file {path}: header says {dims} ({expected} bytes) but the file has {len(raw)} bytes"
+        raise DataCorruptError(
+            f"corrupt idx file {path}: header says {dims} ({expected} bytes) but the file has {len(raw)} bytes; "
+            f"{_CORRUPT_FIX}"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
@@ -307,14 +323,16 @@ def _load_idx_set(name: str, root: pathlib.Path) -> Dataset:
         images = _read_idx(paths[f"x_{split}"], _IDX_IMAGES_MAGIC)
         labels = _read_idx(paths[f"y_{split}"], _IDX_LABELS_MAGIC)
         if images.ndim != 3 or labels.ndim != 1:
-            raise ValueError(f"{name}: unexpected idx shapes {images.shape} / {labels.shape}")
+            raise DataCorruptError(f"{name}: unexpected idx shapes {images.shape} / {labels.shape} in "
+                                   f"{paths[f'x_{split}']}; {_CORRUPT_FIX}")
         if images.shape[0] != labels.shape[0]:
-            raise ValueError(
+            raise DataCorruptError(
                 f"corrupt {name} {split} files: {images.shape[0]} images but {labels.shape[0]} labels "
-                f"({paths[f'x_{split}']}, {paths[f'y_{split}']})"
+                f"({paths[f'x_{split}']}, {paths[f'y_{split}']}); {_CORRUPT_FIX}"
             )
         if labels.size and int(labels.max()) >= 10:
-            raise ValueError(f"corrupt idx file {paths[f'y_{split}']}: label {int(labels.max())} >= 10")
+            raise DataCorruptError(f"corrupt idx file {paths[f'y_{split}']}: label {int(labels.max())} >= 10; "
+                                   f"{_CORRUPT_FIX}")
         x = torch.from_numpy(images.astype(np.float32)).unsqueeze(1)
         x.div_(255.0).sub_(mean).div_(std)
         tensors[f"x_{split}"] = x
@@ -355,16 +373,18 @@ def _read_cifar_batch(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with path.open("rb") as fh:
             batch = _ArrayUnpickler(fh, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        raise ValueError(f"corrupt CIFAR-10 batch {path}: {exc}") from exc
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, OSError) as exc:
+        raise DataCorruptError(f"corrupt CIFAR-10 batch {path}: {exc}; {_CORRUPT_FIX}") from exc
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise ValueError(f"corrupt CIFAR-10 batch {path}: expected a dict with b'data' and b'labels'")
+        raise DataCorruptError(f"corrupt CIFAR-10 batch {path}: expected a dict with b'data' and b'labels'; "
+                               f"{_CORRUPT_FIX}")
     data = np.asarray(batch[b"data"])
     labels = np.asarray(batch[b"labels"], dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(f"corrupt CIFAR-10 batch {path}: data is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
+        raise DataCorruptError(f"corrupt CIFAR-10 batch {path}: data is {data.dtype} {data.shape}, expected uint8 "
+                               f"(N, 3072); {_CORRUPT_FIX}")
     if labels.shape != (data.shape[0],) or (labels.size and (labels.min() < 0 or labels.max() >= 10)):
-        raise ValueError(f"corrupt CIFAR-10 batch {path}: labels do not match the data")
+        raise DataCorruptError(f"corrupt CIFAR-10 batch {path}: labels do not match the data; {_CORRUPT_FIX}")
     return data.reshape(-1, 3, 32, 32), labels
 
 
@@ -404,7 +424,7 @@ def _decode_cifar_zip(path: pathlib.Path) -> dict[str, np.ndarray]:
                     members[split].append((label_of[cls], fname, info))
             for split, items in members.items():
                 if not items:
-                    raise ValueError(
+                    raise DataCorruptError(
                         f"{path}: no {split} images found; expected members like cifar10-jpeg/{split}/<class>/0000.jpg"
                     )
                 items.sort(key=lambda item: (item[0], item[1]))
@@ -412,14 +432,15 @@ def _decode_cifar_zip(path: pathlib.Path) -> dict[str, np.ndarray]:
                 for i, (_, _, info) in enumerate(items):
                     with Image.open(io.BytesIO(zf.read(info))) as img:
                         if img.size != (32, 32):
-                            raise ValueError(f"{path}: {info.filename} is {img.size[0]}x{img.size[1]}, expected 32x32")
+                            raise DataCorruptError(
+                                f"{path}: {info.filename} is {img.size[0]}x{img.size[1]}, expected 32x32")
                         images[i] = np.asarray(img.convert("RGB"))
                 out[f"x_{split}"] = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
                 out[f"y_{split}"] = np.fromiter((item[0] for item in items), dtype=np.int64, count=len(items))
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
-        raise ValueError(f"corrupt CIFAR-10 zip {path}: {exc}") from exc
+        raise DataCorruptError(f"corrupt CIFAR-10 zip {path}: {exc}; {_CORRUPT_FIX}") from exc
     return out
 
 

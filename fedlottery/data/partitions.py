@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+# PartitionConfig lives in fedlottery.config (the config tree is a leaf of the import graph); re-exported here.
+from fedlottery.config import SCHEMES, TEST_MODES, PartitionConfig
 from fedlottery.data.datasets import Dataset
+from fedlottery.errors import ConfigError
 
 __all__ = ["ClientSplit", "PartitionConfig", "describe", "make_partitions"]
 
-SCHEMES: tuple[str, ...] = ("shards", "dirichlet", "pathological", "iid")
-TEST_MODES: tuple[str, ...] = ("labels", "matched", "iid", "global")
 MAX_DIRICHLET_DRAWS = 100
 
 
@@ -50,56 +51,6 @@ class ClientSplit:
         )
 
 
-@dataclass(frozen=True)
-class PartitionConfig:
-    """How to split the training set among clients and what each client is tested on."""
-
-    scheme: Literal["shards", "dirichlet", "pathological", "iid"] = "shards"
-    num_clients: int = 20
-    shard_size: int = 20  # shards: images per shard
-    shards_per_client: int = 2  # shards
-    unbalanced_rate: float = 1.0  # shards: all but each client's first shard keep ceil(rate * shard_size)
-    alpha: float = 0.5  # dirichlet concentration
-    labels_per_client: int = 2  # pathological
-    val_fraction: float = 0.1  # share of each client's images held out as its local validation split
-    test: Literal["labels", "matched", "iid", "global"] = "labels"  # matched: own label mix, test_size/client
-    min_size: int = 2  # dirichlet: redraw until every client has at least this many images
-
-    def validate(self, path: str = "partition") -> None:
-        """Reject impossible values up front, naming the key, so a run never starts with them."""
-        # Imported here, not at module level: fedlottery.config imports this module for its own
-        # dataclass tree, so a top-level import would make the import order matter.
-        from fedlottery.config import ConfigError
-
-        prefix = f"{path}." if path else ""
-
-        def check(ok: bool, key: str, why: str) -> None:
-            if not ok:
-                raise ConfigError(f"{prefix}{key}: {why}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-        def is_num(v: Any) -> bool:
-            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-
-        check(self.scheme in SCHEMES, "scheme", f"{self.scheme!r} is not one of {', '.join(SCHEMES)}")
-        check(self.test in TEST_MODES, "test", f"{self.test!r} is not one of {', '.join(TEST_MODES)}")
-        for key in ("num_clients", "shard_size", "shards_per_client", "labels_per_client", "min_size"):
-            check(is_int(getattr(self, key)), key, f"expected an integer, got {getattr(self, key)!r}")
-        for key in ("unbalanced_rate", "alpha", "val_fraction"):
-            value = getattr(self, key)
-            check(is_num(value) and math.isfinite(value), key, f"expected a finite number, got {value!r}")
-        check(self.num_clients >= 1, "num_clients", f"must be >= 1, got {self.num_clients}")
-        check(self.shard_size >= 1, "shard_size", f"must be >= 1, got {self.shard_size}")
-        check(self.shards_per_client >= 1, "shards_per_client", f"must be >= 1, got {self.shards_per_client}")
-        check(0 < self.unbalanced_rate <= 1, "unbalanced_rate", f"must be in (0, 1], got {self.unbalanced_rate}")
-        check(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
-        check(self.labels_per_client >= 1, "labels_per_client", f"must be >= 1, got {self.labels_per_client}")
-        check(0 <= self.val_fraction < 1, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
-        check(self.min_size >= 0, "min_size", f"must be >= 0, got {self.min_size}")
-
-
 # --------------------------------------------------------------------------------------------
 # Public entry points
 # --------------------------------------------------------------------------------------------
@@ -110,8 +61,8 @@ def make_partitions(dataset: Dataset, cfg: PartitionConfig, seed: int) -> list[C
 
     Train indices of different clients are always disjoint.  Each client's share is then divided
     into train/val (generator seeded with ``seed * 1000 + partition_id``, as in the papers' code)
-    and given test indices according to ``cfg.test``.  Raises `ConfigError` for invalid settings and
-    `ValueError` when the data cannot satisfy them (too few shards, too few images, ...).
+    and given test indices according to ``cfg.test``.  Raises `ConfigError` (a `ValueError`) for invalid
+    settings and when the data cannot satisfy them (too few shards, too few images, ...).
     """
     cfg.validate("partition")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -192,8 +143,8 @@ def _shards(y: np.ndarray, cfg: PartitionConfig, rng: np.random.Generator) -> li
     )
     needed = cfg.num_clients * cfg.shards_per_client
     if len(shard_starts) < needed:
-        raise ValueError(
-            f"shards: {cfg.num_clients} clients x {cfg.shards_per_client} shards need {needed} shards of "
+        raise ConfigError(
+            f"partition: shards: {cfg.num_clients} clients x {cfg.shards_per_client} shards need {needed} shards of "
             f"{size} images, but the {len(y)} training images ({len(classes)} classes) make only "
             f"{len(shard_starts)}; lower num_clients, shards_per_client or shard_size"
         )
@@ -215,8 +166,8 @@ def _dirichlet(y: np.ndarray, num_classes: int, cfg: PartitionConfig, rng: np.ra
     """
     n_clients = cfg.num_clients
     if n_clients * cfg.min_size > len(y):
-        raise ValueError(
-            f"dirichlet: {n_clients} clients x min_size {cfg.min_size} exceed the {len(y)} training images"
+        raise ConfigError(
+            f"partition: dirichlet: {n_clients} clients x min_size {cfg.min_size} exceed the {len(y)} training images"
         )
     members = [np.flatnonzero(y == c) for c in range(num_classes)]
     concentration = np.full(n_clients, float(cfg.alpha))
@@ -238,8 +189,8 @@ def _dirichlet(y: np.ndarray, num_classes: int, cfg: PartitionConfig, rng: np.ra
         smallest = min(len(s) for s in shares)
         if smallest >= cfg.min_size:
             return shares
-    raise ValueError(
-        f"dirichlet: after {MAX_DIRICHLET_DRAWS} draws some client still had fewer than min_size="
+    raise ConfigError(
+        f"partition: dirichlet: after {MAX_DIRICHLET_DRAWS} draws some client still had fewer than min_size="
         f"{cfg.min_size} images (smallest {smallest}) with alpha={cfg.alpha}, {n_clients} clients; "
         f"raise alpha, or lower num_clients or min_size"
     )
@@ -255,9 +206,11 @@ def _pathological(y: np.ndarray, num_classes: int, cfg: PartitionConfig, rng: np
     k, n_clients = cfg.labels_per_client, cfg.num_clients
     present = np.unique(y)
     if k > num_classes:
-        raise ValueError(f"pathological: labels_per_client={k} exceeds the {num_classes} classes of the data set")
+        raise ConfigError(
+            f"partition: pathological: labels_per_client={k} exceeds the {num_classes} classes of the data set")
     if k > len(present):
-        raise ValueError(f"pathological: labels_per_client={k} but only {len(present)} labels occur in the training set")
+        raise ConfigError(f"partition: pathological: labels_per_client={k} but only {len(present)} labels occur "
+                          "in the training set")
     perm = rng.permutation(present)
     positions = np.arange(n_clients * k).reshape(n_clients, k)
     client_labels = perm[positions % len(perm)]
@@ -269,8 +222,9 @@ def _pathological(y: np.ndarray, num_classes: int, cfg: PartitionConfig, rng: np
     for lab, clients in holders.items():
         idx = rng.permutation(np.flatnonzero(y == lab))
         if len(idx) < len(clients):
-            raise ValueError(
-                f"pathological: label {lab} has {len(idx)} training images but {len(clients)} clients hold it; "
+            raise ConfigError(
+                f"partition: pathological: label {lab} has {len(idx)} training images but {len(clients)} clients "
+                "hold it; "
                 f"lower num_clients or labels_per_client"
             )
         for client, piece in zip(clients, np.array_split(idx, len(clients))):
@@ -281,7 +235,7 @@ def _pathological(y: np.ndarray, num_classes: int, cfg: PartitionConfig, rng: np
 def _iid(n: int, n_clients: int, rng: np.random.Generator, what: str) -> list[np.ndarray]:
     """Seeded shuffle split into `n_clients` parts whose sizes differ by at most one."""
     if n < n_clients:
-        raise ValueError(f"iid: {n} {what} cannot give each of {n_clients} clients at least one")
+        raise ConfigError(f"partition: iid: {n} {what} cannot give each of {n_clients} clients at least one")
     return [p.astype(np.int64) for p in np.array_split(rng.permutation(n), n_clients)]
 
 

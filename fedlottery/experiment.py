@@ -1,0 +1,90 @@
+"""Load and fully check an experiment config: the one entry point above `fedlottery.config`.
+
+`fedlottery.config` knows only the dataclasses and their own rules; the names and options that belong to the
+registries are checked beside them (`strategies.check_config`, `fedlottery.data.check_data_config`, the model
+registry). This module runs every check, so a config that loads here is one a run can start with:
+
+    cfg = load_experiment("configs/default.yaml")            # federated (fedlottery run / compare, flwr run)
+    cfg = load_imp_experiment("configs/imp_digits.yaml")     # centralized IMP (fedlottery imp)
+
+Machine resources (CPUs, GPUs, the Ray cluster) are checked by `fedlottery.ray_runtime.check_resources`, on the
+machine that starts the run.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedlottery.config import (
+    ConfigError,
+    FederatedConfig,
+    ImpConfig,
+    ModelConfig,
+    from_dict,
+    load_yaml,
+)
+
+
+def check_model_config(cfg: ModelConfig, path: str = "model") -> None:
+    """The model's name against the model registry."""
+    from fedlottery.models import MODELS
+
+    if cfg.name not in MODELS:
+        raise ConfigError(f"{path}.name: unknown model {cfg.name!r}; choose one of {', '.join(sorted(MODELS))}")
+
+
+def check_experiment(cfg: FederatedConfig) -> FederatedConfig:
+    """Every check of a federated config, in memory (after overrides, or built with `from_dict`)."""
+    import strategies
+    from fedlottery.data import check_data_config
+
+    cfg.validate()
+    for name in ("data", "partition", "model", "local", "evaluation", "simulation", "comm", "faults", "checkpoint"):
+        section = getattr(cfg, name)
+        if hasattr(section, "validate"):
+            section.validate(name)
+    check_data_config(cfg.data, "data")
+    check_model_config(cfg.model, "model")
+    strategies.check_config(cfg)
+    return cfg
+
+
+def load_experiment(path: str | Path, *, rounds: int | None = None,
+                    strategies: list[str] | None = None) -> FederatedConfig:
+    """Load a federated config file and check all of it; `rounds` / `strategies` override the file's values
+    (the command line's --rounds / --strategies) before the checks run. Raises ConfigError naming the key."""
+    cfg = from_dict(FederatedConfig, load_yaml(path))
+    if strategies is not None:
+        cfg.strategies = list(strategies)
+    if rounds is not None:
+        cfg.rounds = rounds
+    return check_experiment(cfg)
+
+
+def experiment_from_dict(data: Any) -> FederatedConfig:
+    """A federated config from plain data (e.g. the JSON a client receives), checked like a file."""
+    return check_experiment(from_dict(FederatedConfig, data))
+
+
+def check_imp_experiment(cfg: ImpConfig) -> ImpConfig:
+    """Every check of an IMP config, in memory."""
+    from fedlottery.data import check_data_config
+
+    cfg.validate()
+    check_data_config(cfg.data, "data")
+    check_model_config(cfg.model, "model")
+    return cfg
+
+
+def load_imp_experiment(path: str | Path, *, seeds: list[int] | None = None) -> ImpConfig:
+    """Load an IMP config file and check all of it; `seeds` overrides the file's (the command line's --seeds)."""
+    cfg = from_dict(ImpConfig, load_yaml(path))
+    if seeds is not None:
+        cfg.seeds = list(seeds)
+    return check_imp_experiment(cfg)
+
+
+__all__ = [
+    "check_experiment", "check_imp_experiment", "check_model_config", "experiment_from_dict",
+    "load_experiment", "load_imp_experiment",
+]

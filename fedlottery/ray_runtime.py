@@ -1,0 +1,208 @@
+"""Ray for a federated run: a private local instance, or an explicit cluster that answers at once.
+
+- No address configured (`simulation.ray_address` unset and no $RAY_ADDRESS): always a NEW local Ray instance
+  (`ray.init(address="local")`), never the cluster another job started on this machine with `ray start` (a bare
+  `ray.init()` attaches to the one named in /tmp/ray/ray_current_cluster, and hangs when that file is stale).
+- An explicit address ("host:port", "ray://host:port"): its port is probed first, so an unreachable cluster fails
+  in seconds instead of minutes of retries. "auto" is refused: it picks whichever cluster ran last.
+- What the machine cannot give (more CPUs per actor than it has, GPUs it lacks, CUDA without a usable GPU) is
+  refused before anything starts (`check_resources`).
+
+Flower's `run_simulation` reuses an initialised Ray, so `start_ray(cfg)` before it decides where the actors run.
+`stop_ray()` shuts down what `start_ray` started (and only that); the command line calls it on Ctrl-C.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import sys
+from typing import Any
+
+from fedlottery.config import ConfigError, FederatedConfig, ImpConfig, check_ray_address
+from fedlottery.errors import ClusterError
+
+PROBE_TIMEOUT_S = 3.0
+_LOCAL = "local"
+
+
+# ---- what this machine has --------------------------------------------------------------------------------
+def machine_cpus() -> int:
+    """CPUs this process may use: affinity mask and cgroup (v2 or v1) quota, like Ray's own detection."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        count = min(count, max(1, math.ceil(quota)))
+    return count
+
+
+def _cgroup_cpu_quota() -> float | None:
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:  # cgroup v2: "<quota> <period>" or "max <period>"
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as q, open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as p:
+            quota_us, period_us = int(q.read()), int(p.read())
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
+def cuda_gpus() -> int:
+    """CUDA GPUs torch can use in this process (0 for a CPU build of torch or no driver)."""
+    import torch
+
+    try:
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # a broken driver counts as no GPU
+        return 0
+
+
+def _no_cuda_reason() -> str:
+    import torch
+
+    build = f"torch {torch.__version__}, " + (f"CUDA {torch.version.cuda} build" if torch.version.cuda
+                                               else "a CPU-only build")
+    return f"torch finds no usable CUDA GPU on this machine ({build})"
+
+
+# ---- the address ------------------------------------------------------------------------------------------
+def cluster_address(cfg: FederatedConfig) -> str | None:
+    """The Ray cluster a run joins (`simulation.ray_address`, else $RAY_ADDRESS), or None for a private local
+    Ray. Raises ConfigError for 'auto' and malformed addresses, naming where the address came from."""
+    address = cfg.simulation.ray_address
+    key = "simulation.ray_address"
+    if not address:
+        address, key = os.environ.get("RAY_ADDRESS", ""), "$RAY_ADDRESS"
+    address = address.strip()
+    if not address or address == _LOCAL:
+        return None
+    check_ray_address(address, key)
+    return address
+
+
+# ---- up-front checks --------------------------------------------------------------------------------------
+def check_resources(cfg: FederatedConfig) -> None:
+    """Refuse what a local run cannot get on this machine (a cluster says for itself what it has)."""
+    sim = cfg.simulation
+    if cluster_address(cfg) is not None:
+        return
+    cpus = machine_cpus()
+    if sim.num_cpus > cpus:
+        raise ConfigError(f"simulation.num_cpus: {sim.num_cpus:g} CPUs per client actor, but this machine has "
+                          f"{cpus}; set simulation.num_cpus <= {cpus}")
+    if sim.actors is not None and sim.actors * sim.num_cpus > cpus:
+        most = max(1, math.floor(cpus / sim.num_cpus))
+        raise ConfigError(f"simulation.actors: {sim.actors} actors x simulation.num_cpus {sim.num_cpus:g} = "
+                          f"{sim.actors * sim.num_cpus:g} CPUs, but this machine has {cpus}; set simulation.actors "
+                          f"<= {most} (or lower num_cpus)")
+    wants_cuda = sim.device.startswith("cuda")
+    if not (wants_cuda or sim.num_gpus > 0):
+        return
+    gpus = cuda_gpus()
+    if gpus == 0:
+        if wants_cuda:
+            raise ConfigError(f"simulation.device: {sim.device!r}, but {_no_cuda_reason()}; use device: cpu (or "
+                              "auto) with simulation.num_gpus: 0, or run where a GPU is")
+        raise ConfigError(f"simulation.num_gpus: {sim.num_gpus:g} GPUs per client actor, but {_no_cuda_reason()}; "
+                          "set simulation.num_gpus: 0")
+    if sim.num_gpus > gpus:
+        raise ConfigError(f"simulation.num_gpus: {sim.num_gpus:g} GPUs per client actor, but this machine has "
+                          f"{gpus}; set simulation.num_gpus <= {gpus}")
+    if sim.device.startswith("cuda:") and int(sim.device[5:]) >= gpus:
+        raise ConfigError(f"simulation.device: {sim.device!r}, but this machine has {gpus} CUDA GPU(s) "
+                          f"(cuda:0..cuda:{gpus - 1}); use 'cuda' or an index below {gpus}")
+
+
+def check_imp_resources(cfg: ImpConfig) -> None:
+    """`training.device` of a centralized IMP run must exist on this machine."""
+    device = cfg.training.device
+    if not device.startswith("cuda"):
+        return
+    gpus = cuda_gpus()
+    if gpus == 0:
+        raise ConfigError(f"training.device: {device!r}, but {_no_cuda_reason()}; use training.device: cpu")
+    if device.startswith("cuda:") and int(device[5:]) >= gpus:
+        raise ConfigError(f"training.device: {device!r}, but this machine has {gpus} CUDA GPU(s); use 'cuda' or "
+                          f"an index below {gpus}")
+
+
+def probe(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Open (and close) a TCP connection to the address's port; raise ClusterError at once when nothing answers."""
+    rest = address[len("ray://"):] if address.startswith("ray://") else address
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as err:
+        why = err.strerror if isinstance(err, OSError) and err.strerror else str(err) or type(err).__name__
+        raise ClusterError(
+            f"cannot reach the Ray cluster at {address!r} ({why}); start one (`ray start --head` prints its "
+            "address) or fix simulation.ray_address / $RAY_ADDRESS"
+        ) from None
+
+
+# ---- starting and stopping --------------------------------------------------------------------------------
+def ray_init_args(cfg: FederatedConfig) -> dict[str, Any]:
+    """Keyword arguments for `ray.init` (also Flower's backend `init_args`): a new local instance sized by the
+    config, or the explicit cluster."""
+    address = cluster_address(cfg)
+    common: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address is not None:
+        return {"address": address, **common}
+    sim = cfg.simulation
+    args: dict[str, Any] = {"address": _LOCAL, "include_dashboard": False, **common}
+    if sim.actors is not None:
+        # Flower starts as many actors as the resources allow: give Ray exactly `actors` actors' worth of CPUs.
+        args["num_cpus"] = round(sim.actors * sim.num_cpus)  # whole: SimulationConfig.validate checks it
+    return args
+
+
+def start_ray(cfg: FederatedConfig) -> None:
+    """Initialise Ray for `cfg` unless it already is: a private local instance, or the configured cluster after
+    a quick probe. Raises ConfigError for resources the machine lacks, ClusterError for an unreachable cluster."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    check_resources(cfg)
+    args = ray_init_args(cfg)
+    if args["address"] != _LOCAL:
+        probe(args["address"])
+        try:
+            ray.init(**args)
+        except (ConnectionError, RuntimeError, TimeoutError) as err:
+            raise ClusterError(
+                f"cannot reach the Ray cluster at {args['address']!r} ({' '.join(str(err).split())}); start one "
+                "(`ray start --head`) or fix simulation.ray_address / $RAY_ADDRESS"
+            ) from None
+    else:
+        # Like Flower's own start-up: client actors import the app from this process's sys.path.
+        pythonpath = os.pathsep.join(sys.path)
+        if os.environ.get("PYTHONPATH"):
+            pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+        os.environ["PYTHONPATH"] = pythonpath
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
+
+
+def stop_ray() -> None:
+    """Shut Ray down (its local processes with it) if it is up in this process; safe to call twice."""
+    if "ray" not in sys.modules:
+        return
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+__all__ = [
+    "check_imp_resources", "check_resources", "cluster_address", "cuda_gpus", "machine_cpus", "probe",
+    "ray_init_args", "start_ray", "stop_ray",
+]
