@@ -83,6 +83,7 @@ def setup(message: Message, context: Context) -> Message:
     config = message.content["config"]
     config_json = str(config["experiment"])
     experiment(config_json)  # validate now, so a bad config fails at setup, not mid-round
+    initial_state(config_json)  # load data, partitions and theta_0 into this process now, not in round 1
     context.state[STATE_KEY] = ConfigRecord({"experiment": config_json, "state-dir": str(config.get("state-dir", ""))})
     pid = int(context.node_config["partition-id"])
     return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=message)

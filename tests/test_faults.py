@@ -1,0 +1,68 @@
+"""Seeded fault injection through a real Flower + Ray run: every injected fault is counted, exactly, with a
+one-line cause, and the run completes."""
+import random
+
+import pytest
+
+from fedlottery.config import FederatedConfig, from_dict
+from fedlottery.faults import EVAL_FAULTS, TRAIN_FAULTS, draw, faults_of, injected
+from fedlottery.results import read_csv, read_json
+from fedlottery.simulation import run_federated
+
+
+def test_draws_are_fixed_by_their_arguments_and_uniform():
+    values = [draw(0, "fedavg", r, p, "nan") for r in range(1, 50) for p in range(40)]
+    assert values == [draw(0, "fedavg", r, p, "nan") for r in range(1, 50) for p in range(40)]
+    assert 0.45 < sum(values) / len(values) < 0.55 and min(values) >= 0 and max(values) < 1
+    assert draw(1, "fedavg", 1, 0, "nan") != draw(0, "fedavg", 1, 0, "nan")
+
+
+def test_probability_zero_never_and_one_always_injects():
+    faults = from_dict(FederatedConfig, {"faults": {"nan": 1.0}}).faults
+    assert all(injected(faults, 0, "x", r, p, "nan") for r in range(5) for p in range(5))
+    assert not any(injected(faults, 0, "x", r, p, "late") for r in range(5) for p in range(5))
+
+
+def _sampled(seed: int, clients: int, per_round: int, rounds: int) -> list[list[int]]:
+    """The base strategy's sampling (strategies.base.FederatedStrategy.sample), replayed."""
+    rng = random.Random(seed)
+    return [sorted(rng.sample(list(range(clients)), per_round)) for _ in range(rounds)]
+
+
+@pytest.mark.slow
+def test_injected_faults_are_counted_exactly_and_the_run_completes(tmp_path):
+    cfg = from_dict(FederatedConfig, {
+        "seed": 5, "strategies": ["fedavg", "lotteryfl"], "rounds": 4, "clients_per_round": 4,
+        "data": {"dataset": "digits"}, "model": {"name": "mlp_digits"},
+        "partition": {"scheme": "shards", "num_clients": 6, "shard_size": 30, "shards_per_client": 2,
+                      "val_fraction": 0.25},
+        "local": {"lr": 0.05, "epochs": 1},
+        "evaluation": {"every": 2},
+        "faults": {"train_crash": 0.1, "late": 0.1, "corrupt": 0.1, "nan": 0.1, "lie_examples": 0.1,
+                   "eval_crash": 0.3},
+        "simulation": {"num_cpus": 1, "round_timeout": 8.0},
+    })
+    run_federated(cfg, tmp_path, log=lambda _: None)
+    rows = read_csv(tmp_path / "rounds.csv")
+    summary = read_json(tmp_path / "summary.json")
+    sampled = _sampled(cfg.seed, 6, 4, 4)
+    total_injected = 0
+    for row in rows:
+        rnd, name = row["round"], row["strategy"]
+        faulty = [p for p in sampled[rnd - 1] if faults_of(cfg.faults, cfg.seed, name, rnd, p, TRAIN_FAULTS)]
+        assert row["failed_train_clients"] == len(faulty), (name, rnd, faulty)
+        assert row["clients"] == 4 - len(faulty)
+        total_injected += len(faulty)
+        if row["evaluated_clients"] is not None:
+            crashed = [p for p in range(6) if faults_of(cfg.faults, cfg.seed, name, rnd, p, EVAL_FAULTS)]
+            assert row["failed_eval_clients"] == len(crashed)
+            assert row["evaluated_clients"] == 6 - len(crashed)
+            total_injected += len(crashed)
+    assert total_injected >= 4  # the seed injects a fair number of faults of several kinds
+    failures = [line for s in summary["strategies"].values() for line in s["failures"]]
+    assert len(failures) == total_injected
+    assert all("\n" not in line and "\x1b" not in line and len(line) < 400 for line in failures)
+    causes = " ".join(failures)
+    for cause in ("injected fault", "non-finite", "num-examples", "deadline"):
+        assert cause in causes, causes
+    assert (tmp_path / "failures.log").read_text().count("round ") >= total_injected

@@ -1,0 +1,89 @@
+"""A real federated run killed with SIGKILL after round k, resumed with `--resume`, gives the same result
+files as an uninterrupted run (wall times aside); and the same seed gives the same bytes whatever the number
+of client actors."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(tmp_path: Path, actors: int = 2) -> Path:
+    cfg = {
+        "seed": 3, "strategies": ["lotteryfl", "fedavg"], "rounds": 4, "clients_per_round": 3,
+        "data": {"dataset": "digits"}, "model": {"name": "cnn_digits_bn"},
+        "partition": {"scheme": "shards", "num_clients": 6, "shard_size": 30, "shards_per_client": 2,
+                      "val_fraction": 0.25},
+        "local": {"lr": 0.05, "epochs": 1},
+        "strategy_options": {"lotteryfl": {"acc_threshold": 0.0, "prune_rate": 0.3, "target_density": 0.3}},
+        "evaluation": {"every": 2, "deployed": True},
+        "simulation": {"num_cpus": 1, "actors": actors},
+    }
+    path = tmp_path / f"config_{actors}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _fedlottery(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    return subprocess.Popen([sys.executable, "-m", "fedlottery.cli", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            **kwargs)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def _without_wall_times(out: Path) -> dict:
+    """Every result file, with the wall-clock fields removed."""
+    with (out / "rounds.csv").open() as f:
+        rounds = [{k: v for k, v in row.items() if k != "wall_s"} for row in csv.DictReader(f)]
+    summary = json.loads((out / "summary.json").read_text())
+    for s in summary["strategies"].values():
+        s.pop("wall_s")
+    return {"rounds.csv": rounds, "clients.csv": (out / "clients.csv").read_text(), "summary.json": summary}
+
+
+def _rows(out: Path) -> int:
+    path = out / "rounds.csv"
+    return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_round_k_resumes_to_the_same_files(tmp_path):
+    config = _config(tmp_path)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    _finish(_fedlottery("run", str(config), "--out", str(whole)))
+    proc = _fedlottery("run", str(config), "--out", str(killed))
+    deadline = time.monotonic() + 240
+    while _rows(killed) < 5 and proc.poll() is None and time.monotonic() < deadline:  # into the 2nd strategy
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists() or "fedavg" not in (killed / "summary.json").read_text()
+    _finish(_fedlottery("run", str(config), "--out", str(killed), "--resume"))
+    assert _without_wall_times(killed) == _without_wall_times(whole)
+
+
+@pytest.mark.slow
+def test_one_and_two_actors_give_the_same_bytes(tmp_path):
+    outs = []
+    for actors in (1, 2):
+        out = tmp_path / f"actors{actors}"
+        _finish(_fedlottery("run", str(_config(tmp_path, actors)), "--out", str(out)))
+        outs.append(_without_wall_times(out))
+    outs[0]["summary.json"]["config"]["simulation"].pop("actors")
+    outs[1]["summary.json"]["config"]["simulation"].pop("actors")
+    assert outs[0] == outs[1]
