@@ -121,7 +121,7 @@ def run_experiment(grid: Grid, cfg: FederatedConfig, out_dir: Path, log: Callabl
         _run_strategy(grid, exp, strategy, run, first_round, index, summary)
         for pid in sorted(exp.setup["node_of"]):
             exp.clients_log.append({"strategy": name, "partition_id": pid, "final_acc": run.last_acc.get(pid),
-                                    "best_acc": run.best_acc.get(pid), "density": strategy.masks[pid].density()})
+                                    "best_acc": run.best_acc.get(pid), "density": strategy.masks.density(pid)})
         summary["strategies"][name] = _strategy_summary(run, strategy, cfg.partition.num_clients)
         write_json(out_dir / "summary.json", summary)
         _checkpoint(exp, index + 1, 0, None, None, summary)

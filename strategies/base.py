@@ -28,6 +28,7 @@ from fedlottery.aggregation import ClientWeights
 from fedlottery.comm import CodecError, pack_state, unpack_state
 from fedlottery.config import CommConfig, LocalTrainingConfig
 from fedlottery.sparsity import Mask
+from fedlottery.sparsity.mask_table import MaskTable
 from fedlottery.training import Split
 from strategies.replies import (
     ReplyRejected, Sent, check_count, check_finite, check_mask, check_metrics, check_tensor_set, content_of,
@@ -166,9 +167,11 @@ class FederatedStrategy(Strategy):
         self.global_state = {k: v.clone() for k, v in setup.theta0.items()}
         self.shapes = {n: setup.theta0[n].shape for n in setup.prunable}
         dense = Mask.ones(self.shapes)
-        self.masks: dict[int, Mask] = {pid: dense for pid in setup.node_of}
+        self.masks = MaskTable()  # bit-packed, shared: n/8 bytes per distinct mask
+        self.masks.assign(setup.node_of, dense)
         # The mask in each client's stored state version (a new client holds the dense mask).
-        self.client_holds: dict[int, Mask] = {pid: dense for pid in setup.node_of}
+        self.client_holds = MaskTable()
+        self.client_holds.assign(setup.node_of, dense)
         # Which client-state version each client starts from (the round of its last accepted reply), and
         # which one the last checkpoint holds (clients never delete that one).
         self.state_version: dict[int, int] = {pid: 0 for pid in setup.node_of}
@@ -363,7 +366,7 @@ class FederatedStrategy(Strategy):
         return {r.partition_id: r.metrics for r in self.decode_replies(server_round, replies, training=False)}
 
     def density_mean(self) -> float:
-        return float(np.mean([self.masks[pid].density() for pid in sorted(self.masks)]))
+        return float(np.mean([self.masks.density(pid) for pid in sorted(self.masks)]))
 
     # ---- checkpoints ------------------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:

@@ -108,8 +108,7 @@ class FedLTNStrategy(FederatedStrategy):
             if missing:
                 raise ValueError(f"jump-start weights lack {missing[:5]}")
             self.global_state = {n: weights[n].to(t.dtype).clone() for n, t in self.global_state.items()}
-        for pid in self.masks:
-            self.masks[pid] = ticket.copy()
+        self.masks.assign(list(self.masks), ticket)
 
     def aggregate(self, server_round: int, replies: list[Reply]) -> None:
         uploads = self.uploads(replies, self.options.weighted)

@@ -148,8 +148,7 @@ class _Flash(FederatedStrategy):
             return super().sample(server_round)
         count = math.ceil(self.options.hunt_fraction * len(self.setup.node_of))
         hunters = sorted(self.rng.sample(sorted(self.setup.node_of), count))
-        for pid in hunters:
-            self.masks[pid] = self.level_masks[0].copy()
+        self.masks.assign(hunters, self.level_masks[0])
         return hunters
 
     def instructions(self, partition_id: int, server_round: int) -> dict[str, Any]:
@@ -189,8 +188,8 @@ class _Flash(FederatedStrategy):
             counts = rescale_counts(top.layer_densities(), self.sizes, self.options.density * fraction)
             masks.insert(0, top_magnitude_mask(self.global_state, counts, within=masks[0]))
         self.level_masks = masks
-        for pid, level in self.level_of.items():
-            self.masks[pid] = masks[level]
+        for level, mask in enumerate(masks):
+            self.masks.assign([pid for pid, lvl in self.level_of.items() if lvl == level], mask)
 
     def update_masks(self, server_round: int, replies: list[Reply]) -> None:
         """Called after each aggregation; SPDST keeps the mask."""
