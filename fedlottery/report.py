@@ -20,19 +20,33 @@ def comparison_table(runs: list[tuple[str, dict]]) -> str:
         "MiB down as broadcast | MiB up, values only | wall s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    flagged = False
     for label, summary in runs:
         for name, s in summary["strategies"].items():
             std = s.get("personalized_acc_std")
+            partial = _partial(s)
+            flagged |= bool(partial)
             lines.append(
                 f"| {label} | {name} | {_pct(s['personalized_acc_final'])}"
-                + (f" ± {100 * std:.1f}" if std is not None else "")
+                + (f" ± {100 * std:.1f}" if std is not None else "") + partial
                 + f" | {_pct(s['paper_metric_best_of_rounds'])} | {_pct(s['global_acc_final'])} | "
                 f"{_pct(s.get('deployed_acc_final'))} | {s['density_mean_final']:.3f} | "
                 f"{s['bytes_up'] / MB:.2f} | {s['bytes_down'] / MB:.2f} | "
                 f"{s.get('bytes_down_broadcast', s['bytes_down']) / MB:.2f} | {s['values_bytes_up'] / MB:.2f} | "
                 f"{s['wall_s']:.1f} |"
             )
+    if flagged:
+        lines.append("\n\\* evaluation missed clients: the accuracy is over the k of N clients shown, not all "
+                     "(see failures.log in the run directory)")
     return "\n".join(lines)
+
+
+def _partial(s: dict) -> str:
+    """' *(k/N)' when the final evaluation did not reach every client (older summaries lack the counts)."""
+    evaluated, clients = s.get("evaluated_clients_final"), s.get("clients")
+    if evaluated is None or clients is None or evaluated >= clients:
+        return ""
+    return f" \\*({evaluated}/{clients})"
 
 
 def report(dirs: list[Path], plots_dir: Path | None = None) -> str:

@@ -66,3 +66,13 @@ def test_injected_faults_are_counted_exactly_and_the_run_completes(tmp_path):
     for cause in ("injected fault", "non-finite", "num-examples", "deadline"):
         assert cause in causes, causes
     assert (tmp_path / "failures.log").read_text().count("round ") >= total_injected
+
+
+def test_tables_flag_an_evaluation_that_missed_clients():
+    from fedlottery.report import comparison_table
+
+    s = dict(personalized_acc_final=0.5, personalized_acc_std=0.1, evaluated_clients_final=19, clients=20,
+             paper_metric_best_of_rounds=0.6, global_acc_final=None, density_mean_final=1.0, bytes_up=1,
+             bytes_down=1, values_bytes_up=1, wall_s=1)
+    assert "(19/20)" in comparison_table([("run", {"strategies": {"fedavg": s}})])
+    assert "(20/20)" not in comparison_table([("run", {"strategies": {"fedavg": {**s, "evaluated_clients_final": 20}}})])
