@@ -56,7 +56,7 @@ def _run(config: Path, out: Path) -> None:
 
 def _without_wall(out: Path) -> tuple:
     with (out / "rounds.csv").open() as f:
-        rounds = [{k: v for k, v in r.items() if k != "wall_s"} for r in csv.DictReader(f)]
+        rounds = [{k: v for k, v in r.items() if k not in ("wall_s", "eval_wall_s")} for r in csv.DictReader(f)]
     summary = json.loads((out / "summary.json").read_text())
     for s in summary["strategies"].values():
         s.pop("wall_s")

@@ -35,7 +35,7 @@ ROUND_COLUMNS = [
     "round", "strategy", "clients", "personalized_acc_mean", "evaluated_clients", "paper_metric", "global_acc",
     "deployed_acc_mean", "density_mean",
     "bytes_up", "bytes_down", "bytes_down_broadcast", "values_bytes_up", "values_bytes_down", "eval_bytes",
-    "pruned_clients", "failed_train_clients", "failed_eval_clients", "wall_s",
+    "pruned_clients", "failed_train_clients", "failed_eval_clients", "wall_s", "eval_wall_s",
 ]
 CLIENT_COLUMNS = ["strategy", "partition_id", "final_acc", "best_acc", "density"]
 RESULT_FILES = ("rounds.csv", "clients.csv", "summary.json", "failures.log", CHECKPOINT_FILE)
@@ -185,7 +185,9 @@ def _run_strategy(grid, exp: Experiment, strategy: FederatedStrategy, run: Strat
         start = time.perf_counter()
         row = _train_round(grid, exp, strategy, run, rnd)
         if rnd % cfg.evaluation.every == 0 or rnd == cfg.rounds:
+            evaluation_start = time.perf_counter()
             row.update(_evaluate_round(grid, exp, strategy, run, rnd))
+            row["eval_wall_s"] = round(time.perf_counter() - evaluation_start, 3)
         row["wall_s"] = round(time.perf_counter() - start, 3)
         exp.rounds_log.append(row)
         run.rows.append(row)

@@ -48,7 +48,7 @@ def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
 def _without_wall_times(out: Path) -> dict:
     """Every result file, with the wall-clock fields removed."""
     with (out / "rounds.csv").open() as f:
-        rounds = [{k: v for k, v in row.items() if k != "wall_s"} for row in csv.DictReader(f)]
+        rounds = [{k: v for k, v in row.items() if k not in ("wall_s", "eval_wall_s")} for row in csv.DictReader(f)]
     summary = json.loads((out / "summary.json").read_text())
     for s in summary["strategies"].values():
         s.pop("wall_s")
