@@ -302,6 +302,8 @@ def _strategy_summary(run: StrategyRun, strategy: FederatedStrategy, num_clients
         "global_acc_final": last_eval.get("global_acc"),
         "deployed_acc_final": last_eval.get("deployed_acc_mean"),
         "density_mean_final": strategy.density_mean(),
+        "server_mask_bytes_per_client": round((strategy.masks.packed_bytes() + strategy.client_holds.packed_bytes())
+                                              / num_clients, 1),
         "bytes_up": meter.total("up"), "bytes_down": meter.total("down"),
         "bytes_down_broadcast": sum(meter.broadcast.values()),
         "values_bytes_up": meter.total("up", "values"), "values_bytes_down": meter.total("down", "values"),
