@@ -7,6 +7,7 @@ partition, model and theta_0; every round appends one row to DIR/rounds.csv as i
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 import time
@@ -236,7 +237,7 @@ def _evaluate_round(grid, exp: Experiment, strategy: FederatedStrategy, run: Str
     """Every client's personalised model on its whole local test set; failures counted, never hidden."""
     messages = list(strategy.configure_evaluate(rnd, None, None, grid))
     eval_bytes = sum(content_bytes(m.content) for m in messages)
-    replies = _send(grid, messages, exp.cfg.simulation.round_timeout)
+    replies = _send(grid, messages, evaluation_timeout(exp.cfg, len(messages)))
     eval_bytes += sum(content_bytes(r.content) for r in replies if not r.has_error())
     results = strategy.evaluation_results(rnd, replies)
     _log_failures(exp, strategy)
@@ -256,6 +257,12 @@ def _evaluate_round(grid, exp: Experiment, strategy: FederatedStrategy, run: Str
         exp.template.load_state_dict(strategy.global_model_state())
         row["global_acc"] = round(evaluate(exp.template, (exp.dataset.x_test, exp.dataset.y_test))[1], 6)
     return row
+
+
+def evaluation_timeout(cfg: FederatedConfig, messages: int) -> float:
+    """An evaluation asks every client, not clients_per_round: its deadline is the round's, scaled by how many
+    rounds' worth of clients it asks (evaluating costs a client less than training, so this is generous)."""
+    return cfg.simulation.round_timeout * max(1, math.ceil(messages / cfg.clients_per_round))
 
 
 def _mean(values) -> float | None:
