@@ -8,6 +8,7 @@ cached per process (Ray actors live long).
 """
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import time
@@ -25,7 +26,7 @@ from fedlottery.data import load_dataset, make_partitions
 from fedlottery.faults import EVAL_FAULTS, TRAIN_FAULTS, InjectedFault, faults_of
 from fedlottery.models import batchnorm_names, build_model, clone_state, prunable_names
 from fedlottery.sparsity import Mask
-from fedlottery.training import evaluate
+from fedlottery.training import evaluate, train
 from strategies import get_strategy, options_for
 from strategies.base import ClientData, ClientTask, mask_crc
 
@@ -141,7 +142,8 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
     model.to(device)
     data = client_data(config_json, pid, device)
     if not training:
-        return _evaluate(message, model, data, held_state, cfg, pid, device)
+        tune_seed = zlib.crc32(f"{cfg.seed}/{server_round}/{pid}/{name}/finetune".encode())
+        return _evaluate(message, model, mask, data, held_state, cfg, pid, device, tune_seed)
 
     generator = torch.Generator().manual_seed(zlib.crc32(f"{cfg.seed}/{server_round}/{pid}/{name}".encode()))
     instructions = {k: v for k, v in conf.items() if k not in DOWNLINK_KEYS}
@@ -172,18 +174,29 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
     return reply
 
 
-def _evaluate(message: Message, model, data: ClientData, held: ClientState, cfg: FederatedConfig, pid: int,
-              device: torch.device) -> Message:
-    """The personalised model on the whole local test set (and the deployed one: the client's own last
-    trained weights, or what it got when it has never trained)."""
+def _evaluate(message: Message, model, mask: Mask, data: ClientData, held: ClientState, cfg: FederatedConfig,
+              pid: int, device: torch.device, tune_seed: int) -> Message:
+    """The personalised model on the whole local test set; optionally a fine-tuned copy of it, and the deployed
+    one (the client's own last trained weights, or what it got when it has never trained)."""
     loss, acc = evaluate(model, data.test)
     metrics = {"partition-id": pid, "num-examples": len(data.test[1]), "test-acc": acc, "test-loss": loss}
+    if cfg.evaluation.finetune_epochs:
+        metrics["finetuned-acc"] = finetuned_accuracy(model, mask, data, cfg, torch.Generator().manual_seed(tune_seed))
     if cfg.evaluation.deployed:
         if held.trained:
             model.load_state_dict(held.trained)
             model.to(device)
         metrics["deployed-acc"] = evaluate(model, data.test)[1]
     return Message(RecordDict({"model": ArrayRecord(), "metrics": MetricRecord(metrics)}), reply_to=message)
+
+
+def finetuned_accuracy(model, mask: Mask, data: ClientData, cfg: FederatedConfig, generator: torch.Generator
+                       ) -> float:
+    """Personalised-FL's standard baseline: a copy of the model the client was sent, trained for
+    evaluation.finetune_epochs local epochs under its mask, then tested; the client's state is untouched."""
+    tuned = copy.deepcopy(model)
+    train(tuned, data.train, cfg.local.as_training(), generator, mask=mask, epochs=cfg.evaluation.finetune_epochs)
+    return evaluate(tuned, data.test)[1]
 
 
 def _inject_nan(state: dict[str, torch.Tensor], mask: Mask) -> None:

@@ -459,9 +459,11 @@ class EvaluationConfig:
     every: int = 1  # rounds; the last round is always evaluated
     global_model: bool = True  # also the (unmasked) global model on the global test set
     deployed: bool = False  # also each client's own last locally trained weights (kept on the client)
+    finetune_epochs: int = 0  # > 0: also the personalised model after this many local epochs (a copy)
 
     def validate(self, path: str) -> None:
         _check(self.every >= 1, f"{path}.every", "must be >= 1")
+        _check(self.finetune_epochs >= 0, f"{path}.finetune_epochs", "must be >= 0 (0: no fine-tuned column)")
 
 
 @dataclass

@@ -16,9 +16,9 @@ def comparison_table(runs: list[tuple[str, dict]]) -> str:
     """Rows per (run, strategy): honest personalised accuracy, the paper's metric, global accuracy, MB."""
     lines = [
         "| run | strategy | personalised acc % (final, all clients) | paper metric % (best of rounds) | "
-        "global acc % | deployed acc % (own last trained weights) | mean density | MiB up | MiB down | "
-        "MiB down as broadcast | MiB up, values only | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "global acc % | deployed acc % (own last trained weights) | fine-tuned acc % | mean density | MiB up | "
+        "MiB down | MiB down as broadcast | MiB up, values only | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     flagged = False
     for label, summary in runs:
@@ -30,7 +30,8 @@ def comparison_table(runs: list[tuple[str, dict]]) -> str:
                 f"| {label} | {name} | {_pct(s['personalized_acc_final'])}"
                 + (f" ± {100 * std:.1f}" if std is not None else "") + partial
                 + f" | {_pct(s['paper_metric_best_of_rounds'])} | {_pct(s['global_acc_final'])} | "
-                f"{_pct(s.get('deployed_acc_final'))} | {s['density_mean_final']:.3f} | "
+                f"{_pct(s.get('deployed_acc_final'))} | {_pct(s.get('finetuned_acc_final'))} | "
+                f"{s['density_mean_final']:.3f} | "
                 f"{s['bytes_up'] / MB:.2f} | {s['bytes_down'] / MB:.2f} | "
                 f"{s.get('bytes_down_broadcast', s['bytes_down']) / MB:.2f} | {s['values_bytes_up'] / MB:.2f} | "
                 f"{s['wall_s']:.1f} |"

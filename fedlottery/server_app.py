@@ -34,7 +34,7 @@ from strategies.replies import one_line
 
 ROUND_COLUMNS = [
     "round", "strategy", "clients", "personalized_acc_mean", "evaluated_clients", "paper_metric", "global_acc",
-    "deployed_acc_mean", "density_mean",
+    "deployed_acc_mean", "finetuned_acc_mean", "density_mean",
     "bytes_up", "bytes_down", "bytes_down_broadcast", "values_bytes_up", "values_bytes_down", "eval_bytes",
     "pruned_clients", "failed_train_clients", "failed_eval_clients", "wall_s", "eval_wall_s",
 ]
@@ -243,13 +243,14 @@ def _evaluate_round(grid, exp: Experiment, strategy: FederatedStrategy, run: Str
     _log_failures(exp, strategy)
     accs = {pid: m["test-acc"] for pid, m in results.items()}
     deployed = [results[pid]["deployed-acc"] for pid in sorted(results) if "deployed-acc" in results[pid]]
+    finetuned = [results[pid]["finetuned-acc"] for pid in sorted(results) if "finetuned-acc" in results[pid]]
     run.last_acc = dict(accs)
     for pid, acc in accs.items():
         run.best_acc[pid] = max(acc, run.best_acc.get(pid, 0.0))
     row = {
         "personalized_acc_mean": _mean(accs[pid] for pid in sorted(accs)),
         "evaluated_clients": len(accs), "failed_eval_clients": len(messages) - len(accs),
-        "deployed_acc_mean": _mean(deployed),
+        "deployed_acc_mean": _mean(deployed), "finetuned_acc_mean": _mean(finetuned),
         "paper_metric": _mean(run.best_acc[pid] for pid in sorted(run.best_acc)),
         "eval_bytes": eval_bytes,
     }
@@ -308,6 +309,7 @@ def _strategy_summary(run: StrategyRun, strategy: FederatedStrategy, num_clients
         "paper_metric_best_of_rounds": last_eval.get("paper_metric"),
         "global_acc_final": last_eval.get("global_acc"),
         "deployed_acc_final": last_eval.get("deployed_acc_mean"),
+        "finetuned_acc_final": last_eval.get("finetuned_acc_mean"),
         "density_mean_final": strategy.density_mean(),
         "server_mask_bytes_per_client": round((strategy.masks.packed_bytes() + strategy.client_holds.packed_bytes())
                                               / num_clients, 1),

@@ -147,7 +147,8 @@ class FederatedStrategy(Strategy):
     metric_bounds: ClassVar[dict[str, tuple[float, float]]] = {}
     BASE_METRICS: ClassVar[dict[str, tuple[float, float]]] = {"mask-changed": (0.0, 1.0)}
     EVAL_METRICS: ClassVar[dict[str, tuple[float, float]]] = {
-        "test-acc": (0.0, 1.0), "test-loss": (0.0, math.inf), "deployed-acc": (0.0, 1.0)}
+        "test-acc": (0.0, 1.0), "test-loss": (0.0, math.inf), "deployed-acc": (0.0, 1.0),
+        "finetuned-acc": (0.0, 1.0)}
 
     # ---- client half ------------------------------------------------------------------------------------
     @classmethod

@@ -23,7 +23,7 @@ def _config():
         "local": {"lr": 0.05, "epochs": 2},
         # threshold 0 opens the gate at once, so round 1 prunes and round 2 must ship no mask at all
         "strategy_options": {"lotteryfl": {"acc_threshold": 0.0, "prune_rate": 0.5, "target_density": 0.5}},
-        "evaluation": {"deployed": True},
+        "evaluation": {"deployed": True, "finetune_epochs": 1},
         "simulation": {"num_cpus": 1},
     })
 
@@ -39,7 +39,7 @@ def test_simulation_runs_lotteryfl_and_fedavg(tmp_path):
     lfl, avg = rows[:2], rows[2:]
     # Every client evaluated; accuracy is a real fraction.
     assert all(0 <= r["personalized_acc_mean"] <= 1 and 0 <= r["global_acc"] <= 1 for r in rows)
-    assert all(0 <= r["deployed_acc_mean"] <= 1 for r in rows)
+    assert all(0 <= r["deployed_acc_mean"] <= 1 and 0 <= r["finetuned_acc_mean"] <= 1 for r in rows)
     # LotteryFL pruned in round 1 (gate open) and its uplink shrank below FedAvg's dense one.
     # (the gate is strict, accuracy > threshold, so a client at 0% validation accuracy does not prune)
     assert lfl[0]["pruned_clients"] >= 1 and lfl[0]["density_mean"] < 1
