@@ -4,7 +4,8 @@
   (`ray.init(address="local")`), never the cluster another job started on this machine with `ray start` (a bare
   `ray.init()` attaches to the one named in /tmp/ray/ray_current_cluster, and hangs when that file is stale).
 - An explicit address ("host:port", "ray://host:port"): its port is probed first, so an unreachable cluster fails
-  in seconds instead of minutes of retries. "auto" is refused: it picks whichever cluster ran last.
+  in seconds instead of minutes of retries (a port that answers but is no Ray GCS fails after about a minute,
+  `CONNECT_ATTEMPTS`). "auto" is refused: it picks whichever cluster ran last.
 - What the machine cannot give (more CPUs per actor than it has, GPUs it lacks, CUDA without a usable GPU) is
   refused before anything starts (`check_resources`).
 
@@ -13,6 +14,7 @@ Flower's `run_simulation` reuses an initialised Ray, so `start_ray(cfg)` before 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -24,6 +26,9 @@ from fedlottery.config import ConfigError, FederatedConfig, ImpConfig, check_ray
 from fedlottery.errors import ClusterError
 
 PROBE_TIMEOUT_S = 3.0
+# Ray tries to reach a cluster's GCS 20 times (about 35 s each) before giving up; behind a port that answers
+# (the probe passed) but is not a Ray GCS, that is minutes. Two attempts bound it to about a minute.
+CONNECT_ATTEMPTS = 2
 _LOCAL = "local"
 
 
@@ -177,7 +182,8 @@ def start_ray(cfg: FederatedConfig) -> None:
     if args["address"] != _LOCAL:
         probe(args["address"])
         try:
-            ray.init(**args)
+            with _fewer_connect_attempts():
+                ray.init(**args)
         except (ConnectionError, RuntimeError, TimeoutError) as err:
             raise ClusterError(
                 f"cannot reach the Ray cluster at {args['address']!r} ({' '.join(str(err).split())}); start one "
@@ -190,6 +196,24 @@ def start_ray(cfg: FederatedConfig) -> None:
             pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
         os.environ["PYTHONPATH"] = pythonpath
         ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
+
+
+@contextlib.contextmanager
+def _fewer_connect_attempts():
+    """Lower Ray's GCS connection attempts while connecting (a module constant Ray reads at call time)."""
+    try:
+        from ray._private import ray_constants
+    except ImportError:  # a Ray without that module: keep its own retries
+        yield
+        return
+    saved = getattr(ray_constants, "NUM_REDIS_GET_RETRIES", None)
+    if isinstance(saved, int):
+        ray_constants.NUM_REDIS_GET_RETRIES = min(saved, CONNECT_ATTEMPTS)
+    try:
+        yield
+    finally:
+        if isinstance(saved, int):
+            ray_constants.NUM_REDIS_GET_RETRIES = saved
 
 
 def stop_ray() -> None:
