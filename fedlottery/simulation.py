@@ -12,6 +12,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
+from fedlottery import flower_delivery
 from fedlottery.config import FederatedConfig
 from fedlottery.ray_runtime import ray_init_args, start_ray
 from fedlottery.results import read_json, stderr_log
@@ -34,6 +35,7 @@ def run_federated(cfg: FederatedConfig, out_dir: Path, log: Callable[[str], None
     from fedlottery.server_app import run_experiment
 
     out_dir = Path(out_dir)
+    flower_delivery.install()  # Flower's delivery loop scans every message for every node: O(messages) instead
     start_ray(cfg)  # fedlottery.ray_runtime: private local Ray or the explicit cluster, checked up front
     errors: list[BaseException] = []
     server_app = ServerApp()
