@@ -215,6 +215,19 @@ def test_resources_the_machine_lacks(tmp_path, out, capsys, monkeypatch, simulat
     refused(capsys, out, ["run", str(path), "--out", str(out), "--overwrite"], *fragments)
 
 
+@pytest.mark.parametrize("text,gpus,fragment", [
+    ("training: {device: gpu}", 1, "training.device: 'gpu' is not a device; use 'cpu', 'cuda' or 'cuda:<index>'"),
+    ("training: {device: cuda}", 0, "training.device: 'cuda', but torch finds no usable CUDA GPU"),
+    ("training: {device: 'cuda:2'}", 1, "training.device: 'cuda:2', but this machine has 1 CUDA GPU(s)"),
+])
+def test_imp_device(tmp_path, out, capsys, monkeypatch, text, gpus, fragment):
+    import fedlottery.ray_runtime as runtime
+
+    monkeypatch.setattr(runtime, "cuda_gpus", lambda: gpus)
+    path = raw_file(tmp_path, text.encode() + b"\n")
+    refused(capsys, out, ["imp", str(path), "--out", str(out), "--overwrite"], fragment)
+
+
 def test_a_cluster_address_skips_the_local_resource_checks(monkeypatch):
     from fedlottery.experiment import experiment_from_dict
     from fedlottery.ray_runtime import check_resources, ray_init_args
