@@ -121,7 +121,11 @@ def _federated_job(args: argparse.Namespace, out_prefix: str = "", strategies: l
     cfg = load_experiment(args.config, rounds=args.rounds, strategies=strategies)
     check_resources(cfg)
     out = Path(args.out or Path("runs") / f"{out_prefix}{Path(args.config).stem}")
-    existing = _check_out(out, args.overwrite, RESULT_FILES + extra_products)
+    if args.resume:
+        _check_resumable(out, args.overwrite, cfg)
+        existing = []  # a resumed run keeps its results and goes on from its checkpoint
+    else:
+        existing = _check_out(out, args.overwrite, RESULT_FILES + extra_products)
     dataset = load_dataset(cfg.data.dataset, cfg.data.root)  # cached in-process: the server reuses it
     make_partitions(dataset, cfg.partition, cfg.seed)
     _ensure_writable(out)
@@ -130,12 +134,25 @@ def _federated_job(args: argparse.Namespace, out_prefix: str = "", strategies: l
     return cfg, out
 
 
+def _check_resumable(out: Path, overwrite: bool, cfg) -> None:
+    from fedlottery.checkpoint import CHECKPOINT_FILE
+    from fedlottery.server_app import resumable_checkpoint
+
+    if overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: --resume goes on with the results in "
+                          "--out, --overwrite replaces them; pass one")
+    if not (out / CHECKPOINT_FILE).is_file():
+        raise ConfigError(f"--resume: {out / CHECKPOINT_FILE} not found, so there is nothing to resume; run "
+                          "without --resume to start afresh")
+    resumable_checkpoint(out, cfg)  # the same config, or a ConfigError naming what differs
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from fedlottery.report import comparison_table
     from fedlottery.simulation import run_federated
 
     cfg, out = _federated_job(args)
-    summary = run_federated(cfg, out)
+    summary = run_federated(cfg, out, resume=args.resume)
     print(comparison_table([(out.name, summary)]))
     print(f"\nwritten: {out}/rounds.csv, clients.csv, summary.json  (plots: fedlottery report {out})")
     return 0
@@ -147,7 +164,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from strategies import available
 
     cfg, out = _federated_job(args, "compare_", args.strategies or list(available()), ("table.md",))
-    run_federated(cfg, out)
+    run_federated(cfg, out, resume=args.resume)
     table = report([out])
     (out / "table.md").write_text(table + "\n")
     print(table)
@@ -176,6 +193,8 @@ def _federated_arguments(parser: argparse.ArgumentParser, config_help: str, defa
     parser.add_argument("--out", help=f"output directory (default {default_out})")
     parser.add_argument("--rounds", type=int, help="override the config's number of rounds")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on from the checkpoint in --out (same config) after a kill or crash")
 
 
 def build_parser() -> argparse.ArgumentParser:

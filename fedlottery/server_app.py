@@ -103,7 +103,7 @@ def run_experiment(grid: Grid, cfg: FederatedConfig, out_dir: Path, log: Callabl
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = _resumable_checkpoint(out_dir, cfg) if resume else None
+    checkpoint = resumable_checkpoint(out_dir, cfg) if resume else None
     if checkpoint is not None:
         truncate_to(out_dir, checkpoint["files"])
         log(f"resuming {out_dir}: {checkpoint['strategy']['name'] if checkpoint.get('strategy') else 'next'} "
@@ -129,7 +129,8 @@ def run_experiment(grid: Grid, cfg: FederatedConfig, out_dir: Path, log: Callabl
     return summary
 
 
-def _resumable_checkpoint(out_dir: Path, cfg: FederatedConfig) -> dict:
+def resumable_checkpoint(out_dir: Path, cfg: FederatedConfig) -> dict:
+    """out_dir's checkpoint, if it belongs to this very config (else a ConfigError naming what differs)."""
     checkpoint = load_checkpoint(out_dir)
     if checkpoint["config"] != to_dict(cfg):
         saved, now = checkpoint["config"], to_dict(cfg)
