@@ -121,17 +121,50 @@ def _federated_job(args: argparse.Namespace, out_prefix: str = "", strategies: l
     cfg = load_experiment(args.config, rounds=args.rounds, strategies=strategies)
     check_resources(cfg)
     out = Path(args.out or Path("runs") / f"{out_prefix}{Path(args.config).stem}")
+    if args.seeds:  # one run directory per seed, and the table over them
+        extra_products = tuple(f"seed{s}" for s in args.seeds) + ("table.md",) + SEED_PLOTS
     if args.resume:
-        _check_resumable(out, args.overwrite, cfg)
+        for where, seed in ([(out / f"seed{s}", s) for s in args.seeds] if args.seeds else [(out, cfg.seed)]):
+            if args.seeds and not where.exists():
+                continue  # a seed not started yet starts afresh
+            _check_resumable(where, args.overwrite, _with_seed(cfg, seed))
         existing = []  # a resumed run keeps its results and goes on from its checkpoint
     else:
-        existing = _check_out(out, args.overwrite, RESULT_FILES + extra_products)
+        existing = _check_out(out, args.overwrite, (() if args.seeds else RESULT_FILES) + extra_products)
     dataset = load_dataset(cfg.data.dataset, cfg.data.root)  # cached in-process: the server reuses it
     make_partitions(dataset, cfg.partition, cfg.seed)
     _ensure_writable(out)
     start_ray(cfg)
     _clear_out(out, existing)
     return cfg, out
+
+
+SEED_PLOTS = ("accuracy_vs_round_seeds.png", "frontier_seeds.png", "client_accuracy_seeds.png")
+
+
+def _with_seed(cfg, seed: int):
+    import copy
+
+    one = copy.deepcopy(cfg)
+    one.seed = seed
+    return one
+
+
+def _run_all(cfg, out: Path, args: argparse.Namespace) -> None:
+    """One run, or (--seeds) one per seed into out/seed<S> followed by the table over seeds."""
+    from fedlottery.simulation import run_federated
+
+    if not args.seeds:
+        run_federated(cfg, out, resume=args.resume)
+        return
+    from fedlottery.seeds import run_seeds, seed_plots, seed_table
+
+    run_seeds(cfg, out, args.seeds, run_federated, resume=args.resume)
+    table = seed_table(out, args.baseline)
+    (out / "table.md").write_text(f"seeds {args.seeds}\n\n{table}\n")
+    print(table)
+    plots = seed_plots(out)
+    print(f"\nwritten: {out}/table.md, seed<S>/ (one run each); plots: {', '.join(p.name for p in plots)}")
 
 
 def _check_resumable(out: Path, overwrite: bool, cfg) -> None:
@@ -152,6 +185,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedlottery.simulation import run_federated
 
     cfg, out = _federated_job(args)
+    if args.seeds:
+        _run_all(cfg, out, args)
+        return 0
     summary = run_federated(cfg, out, resume=args.resume)
     print(comparison_table([(out.name, summary)]))
     print(f"\nwritten: {out}/rounds.csv, clients.csv, summary.json  (plots: fedlottery report {out})")
@@ -164,6 +200,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from strategies import available
 
     cfg, out = _federated_job(args, "compare_", args.strategies or list(available()), ("table.md",))
+    if args.seeds:
+        _run_all(cfg, out, args)
+        return 0
     run_federated(cfg, out, resume=args.resume)
     table = report([out])
     (out / "table.md").write_text(table + "\n")
@@ -195,6 +234,10 @@ def _federated_arguments(parser: argparse.ArgumentParser, config_help: str, defa
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     parser.add_argument("--resume", action="store_true",
                         help="go on from the checkpoint in --out (same config) after a kill or crash")
+    parser.add_argument("--seeds", type=_seeds,
+                        help="run once per seed (e.g. 0,1,2) into --out/seed<S>; the table gives mean ± std")
+    parser.add_argument("--baseline", help="with --seeds: the strategy paired differences are taken against "
+                                           "(default fedavg when it runs)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,12 +33,12 @@ from strategies.base import FederatedStrategy, ServerSetup
 from strategies.replies import one_line
 
 ROUND_COLUMNS = [
-    "round", "strategy", "clients", "personalized_acc_mean", "evaluated_clients", "paper_metric", "global_acc",
+    "round", "strategy", "seed", "clients", "personalized_acc_mean", "evaluated_clients", "paper_metric", "global_acc",
     "deployed_acc_mean", "finetuned_acc_mean", "density_mean",
     "bytes_up", "bytes_down", "bytes_down_broadcast", "values_bytes_up", "values_bytes_down", "eval_bytes",
     "pruned_clients", "failed_train_clients", "failed_eval_clients", "wall_s", "eval_wall_s",
 ]
-CLIENT_COLUMNS = ["strategy", "partition_id", "final_acc", "best_acc", "density"]
+CLIENT_COLUMNS = ["strategy", "seed", "partition_id", "final_acc", "best_acc", "density"]
 RESULT_FILES = ("rounds.csv", "clients.csv", "summary.json", "failures.log", CHECKPOINT_FILE)
 CLIENT_STATE_DIR = "client_state"
 
@@ -121,7 +121,7 @@ def run_experiment(grid: Grid, cfg: FederatedConfig, out_dir: Path, log: Callabl
         strategy.summary()
         _run_strategy(grid, exp, strategy, run, first_round, index, summary)
         for pid in sorted(exp.setup["node_of"]):
-            exp.clients_log.append({"strategy": name, "partition_id": pid, "final_acc": run.last_acc.get(pid),
+            exp.clients_log.append({"strategy": name, "seed": cfg.seed, "partition_id": pid, "final_acc": run.last_acc.get(pid),
                                     "best_acc": run.best_acc.get(pid), "density": strategy.masks.density(pid)})
         summary["strategies"][name] = _strategy_summary(run, strategy, cfg.partition.num_clients)
         write_json(out_dir / "summary.json", summary)
@@ -215,7 +215,7 @@ def _train_round(grid, exp: Experiment, strategy: FederatedStrategy, run: Strate
     accepted = int(train_metrics["clients"])
     _log_failures(exp, strategy)
     return {
-        "round": rnd, "strategy": strategy.name, "clients": accepted,
+        "round": rnd, "strategy": strategy.name, "seed": exp.cfg.seed, "clients": accepted,
         "density_mean": round(strategy.density_mean(), 6),
         "bytes_up": meter.round_total(rnd, "up"), "bytes_down": meter.round_total(rnd, "down"),
         "bytes_down_broadcast": meter.broadcast.get(rnd, 0),

@@ -1,0 +1,164 @@
+"""Seeds as a first-class axis: one run directory per seed (DIR/seed<S>), one table and plots over them.
+
+A difference between two methods means something only next to its spread over seeds, so the table gives
+every metric as mean ± std over seeds, and each method's *paired* difference from a baseline (the same seed's
+partitions, θ0 and sampling for both), mean ± std over seeds. Plots: accuracy against round and against MiB
+with the spread over seeds as bands / error bars, and the per-client distribution of final accuracy.
+"""
+from __future__ import annotations
+
+import copy
+import re
+import statistics
+from pathlib import Path
+from typing import Callable
+
+from fedlottery.results import read_csv, read_json
+
+MB = 2**20
+SEED_DIR = re.compile(r"^seed(\d+)$")
+COLUMNS = [  # (summary key, column title, scale)
+    ("personalized_acc_final", "personalised acc %", 100), ("finetuned_acc_final", "fine-tuned acc %", 100),
+    ("deployed_acc_final", "deployed acc %", 100), ("paper_metric_best_of_rounds", "paper metric %", 100),
+    ("global_acc_final", "global acc %", 100), ("density_mean_final", "density", 1),
+    ("bytes_up", "MiB up", 1 / MB), ("bytes_down", "MiB down", 1 / MB), ("values_bytes_up", "MiB up, values only", 1 / MB),
+]
+
+
+def seed_dir(out: Path, seed: int) -> Path:
+    return Path(out) / f"seed{seed}"
+
+
+def run_seeds(cfg, out: Path, seeds: list[int], run: Callable, resume: bool = False) -> None:
+    """Run the experiment once per seed into out/seed<S>; with resume, each seed goes on from its checkpoint
+    (a seed without one starts afresh). `run(cfg, out_dir, resume=...)` is fedlottery.simulation.run_federated."""
+    from fedlottery.checkpoint import CHECKPOINT_FILE
+
+    for seed in seeds:
+        one = copy.deepcopy(cfg)
+        one.seed = seed
+        where = seed_dir(out, seed)
+        run(one, where, resume=resume and (where / CHECKPOINT_FILE).exists())
+
+
+def summaries(out: Path) -> dict[int, dict]:
+    """seed -> summary.json of every finished seed directory under `out`."""
+    found = {}
+    for d in sorted(Path(out).iterdir()):
+        match = SEED_DIR.match(d.name)
+        if match and (d / "summary.json").exists():
+            found[int(match.group(1))] = read_json(d / "summary.json")
+    return found
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _cell(values: list[float | None], scale: float, digits: int = 2) -> str:
+    values = [v * scale for v in values if v is not None]
+    if not values:
+        return ""
+    mean, std = _mean_std(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def seed_table(out: Path, baseline: str | None = None) -> str:
+    """Mean ± std over seeds per strategy, and the paired difference from `baseline` (default: fedavg when run)."""
+    runs = summaries(out)
+    if not runs:
+        raise FileNotFoundError(f"{out} holds no seed<S>/summary.json: run with --seeds first")
+    names = list(dict.fromkeys(n for s in runs.values() for n in s["strategies"]))
+    baseline = baseline or ("fedavg" if "fedavg" in names else None)
+    head = ["strategy", "seeds"] + [title for _, title, _ in COLUMNS]
+    if baseline:
+        head += [f"Δ personalised vs {baseline} (paired)", f"Δ fine-tuned vs {baseline} (paired)",
+                 f"uplink / {baseline}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in names:
+        per_seed = {seed: s["strategies"][name] for seed, s in runs.items() if name in s["strategies"]}
+        cells = [name, ",".join(map(str, per_seed))]
+        cells += [_cell([s.get(key) for s in per_seed.values()], scale, 3 if key == "density_mean_final" else 2)
+                  for key, _, scale in COLUMNS]
+        if baseline:
+            cells += [_paired(runs, name, baseline, key) for key in ("personalized_acc_final", "finetuned_acc_final")]
+            ratios = [s["strategies"][name]["bytes_up"] / s["strategies"][baseline]["bytes_up"]
+                      for s in runs.values() if name in s["strategies"] and baseline in s["strategies"]
+                      and s["strategies"][baseline]["bytes_up"]]
+            cells.append(_cell(ratios, 1, 3))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _paired(runs: dict[int, dict], name: str, baseline: str, key: str) -> str:
+    diffs = []
+    for s in runs.values():
+        mine, base = s["strategies"].get(name, {}).get(key), s["strategies"].get(baseline, {}).get(key)
+        if mine is not None and base is not None:
+            diffs.append(mine - base)
+    return _cell(diffs, 100) if diffs else ""
+
+
+def seed_plots(out: Path) -> list[Path]:
+    """accuracy_vs_round_seeds.png (mean, band = ± std over seeds), frontier_seeds.png (final accuracy against
+    MiB up + down, error bars both ways) and client_accuracy_seeds.png (per-client final accuracy, all seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    dirs = [seed_dir(out, seed) for seed in summaries(out)]
+    rounds = [r for d in dirs for r in read_csv(d / "rounds.csv")]
+    clients = [r for d in dirs for r in read_csv(d / "clients.csv")]
+    names = list(dict.fromkeys(r["strategy"] for r in rounds))
+    colours = {name: plt.get_cmap("tab20")(i % 20) for i, name in enumerate(names)}
+    paths = [out / "accuracy_vs_round_seeds.png", out / "frontier_seeds.png", out / "client_accuracy_seeds.png"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in names:
+        by_round: dict[int, list[float]] = {}
+        for r in rounds:
+            if r["strategy"] == name and r["personalized_acc_mean"] is not None:
+                by_round.setdefault(r["round"], []).append(100 * r["personalized_acc_mean"])
+        xs = sorted(by_round)
+        means = [statistics.fmean(by_round[x]) for x in xs]
+        stds = [statistics.stdev(by_round[x]) if len(by_round[x]) > 1 else 0.0 for x in xs]
+        ax.plot(xs, means, marker="o", color=colours[name], label=name)
+        ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                        color=colours[name], alpha=0.2)
+    ax.set(xlabel="round", ylabel="personalised accuracy (%), mean ± std over seeds", title=f"{out.name}")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    _finish(fig, ax, paths[0])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    runs = summaries(out)
+    for name in names:
+        accs = [100 * s["strategies"][name]["personalized_acc_final"] for s in runs.values()
+                if name in s["strategies"] and s["strategies"][name]["personalized_acc_final"] is not None]
+        mib = [(s["strategies"][name]["bytes_up"] + s["strategies"][name]["bytes_down"]) / MB
+               for s in runs.values() if name in s["strategies"]]
+        if accs:
+            (am, asd), (mm, msd) = _mean_std(accs), _mean_std(mib)
+            ax.errorbar([mm], [am], xerr=[msd], yerr=[asd], fmt="o", capsize=4, color=colours[name], label=name)
+    ax.set(xlabel="MiB communicated (up + down), mean ± std", ylabel="final personalised accuracy (%)",
+           title=f"{out.name}: accuracy against communication")
+    _finish(fig, ax, paths[1])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    data = [[100 * r["final_acc"] for r in clients if r["strategy"] == name and r["final_acc"] is not None]
+            for name in names]
+    ax.boxplot(data, tick_labels=names)
+    ax.set(ylabel="final personalised accuracy per client (%), all seeds", title=f"{out.name}: clients")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(paths[2], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def _finish(fig, ax, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,57 @@
+"""Seeds as an axis: mean ± std over seeds, paired differences against a baseline, one directory per seed."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedlottery.seeds import seed_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _summary(accs: dict[str, float], up: dict[str, int]) -> dict:
+    return {"strategies": {n: {"personalized_acc_final": a, "finetuned_acc_final": None, "deployed_acc_final": None,
+                               "paper_metric_best_of_rounds": a, "global_acc_final": a, "density_mean_final": 1.0,
+                               "bytes_up": up[n], "bytes_down": up[n], "values_bytes_up": up[n]}
+                           for n, a in accs.items()}}
+
+
+def test_the_table_gives_mean_std_and_paired_differences(tmp_path):
+    for seed, (a, b) in {0: (0.80, 0.70), 1: (0.90, 0.76), 2: (0.85, 0.79)}.items():
+        d = tmp_path / f"seed{seed}"
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps(_summary({"fedavg": b, "mine": a}, {"fedavg": 100, "mine": 25})))
+    table = seed_table(tmp_path)
+    row = next(line for line in table.splitlines() if line.startswith("| mine "))
+    assert "| 0,1,2 |" in row and "85.00 ± 5.00" in row  # mean ± sample std of 80, 90, 85
+    # paired: 10, 14, 6 points -> 10.00 ± 4.00; uplink 0.25 of the baseline's
+    assert "10.00 ± 4.00" in row and "0.250 ± 0.000" in row
+    assert "Δ personalised vs fedavg (paired)" in table
+
+
+@pytest.mark.slow
+def test_run_with_seeds_writes_one_directory_per_seed_and_the_table(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "strategies: [fedavg, lotteryfl]\nrounds: 2\nclients_per_round: 2\ndata: {dataset: digits}\n"
+        "model: {name: mlp_digits}\npartition: {scheme: shards, num_clients: 4, shard_size: 40, "
+        "shards_per_client: 2, val_fraction: 0.25}\nlocal: {lr: 0.05, epochs: 1}\nsimulation: {num_cpus: 1}\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    done = subprocess.run([sys.executable, "-m", "fedlottery.cli", "run", str(config), "--out", str(out),
+                           "--seeds", "0,1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for seed in (0, 1):
+        rows = (out / f"seed{seed}" / "rounds.csv").read_text().splitlines()
+        header = rows[0].split(",")
+        assert {r.split(",")[header.index("seed")] for r in rows[1:]} == {str(seed)}
+    table = (out / "table.md").read_text()
+    assert "| lotteryfl | 0,1 |" in table and "±" in table
+    for png in ("accuracy_vs_round_seeds.png", "frontier_seeds.png", "client_accuracy_seeds.png"):
+        assert (out / png).stat().st_size > 1000
+    again = subprocess.run([sys.executable, "-m", "fedlottery.cli", "run", str(config), "--out", str(out),
+                            "--seeds", "0,1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "--overwrite" in again.stderr  # results are never mixed silently
