@@ -18,6 +18,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedlottery import flower_client
 from fedlottery.client_state import ClientState, ClientStateStore, ContextStore, DirectoryStore
 from fedlottery.comm import CodecError, pack_state, unpack_state
 from fedlottery.config import FederatedConfig
@@ -98,11 +99,15 @@ def state_store(context: Context) -> ClientStateStore:
 
 @app.train()
 def train_round(message: Message, context: Context) -> Message:
+    if flower_client.is_standard(message):  # a stock Flower ServerApp: plain local training
+        return flower_client.train(message, context)
     return _handle(message, context, training=True)
 
 
 @app.evaluate()
 def evaluate_round(message: Message, context: Context) -> Message:
+    if flower_client.is_standard(message):
+        return flower_client.evaluate(message, context)
     return _handle(message, context, training=False)
 
 
