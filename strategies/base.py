@@ -79,6 +79,9 @@ class ClientUpdate:
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
     send_state: bool = True  # False: only metrics go up (e.g. FLASH's sparsity hunt reports densities)
+    # What goes up instead of `state`, which stays the model the client keeps (personal tensors, `deployed`):
+    # FedPM uploads one sampled mask (bool tensors travel as masks alone) but deploys theta_0 under its mask.
+    upload: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -137,11 +140,16 @@ class FederatedStrategy(Strategy):
     config), `sample`, `global_model_state` (what "the global model" is for global evaluation), and for the
     reply checks: `metric_bounds` (the metrics a client may report, with their ranges), `regrows` (uploaded
     masks may leave the mask sent, within its budget), `max_abs_value`, `min_density` and `expects_upload`.
+    `personal_tensors` is `personal_names` given every tensor name (a strategy that keeps all, or every
+    non-prunable tensor, home needs them); `communicates = False` says a real deployment would send nothing
+    at all (local training only), so the meter counts no bytes; `ClientUpdate.upload` sends something other
+    than the model the client keeps.
     """
 
     name: ClassVar[str] = ""
     options_cls: ClassVar[type] = NoOptions
     broadcast: ClassVar[bool] = False
+    communicates: ClassVar[bool] = True
     regrows: ClassVar[bool] = False
     max_abs_value: ClassVar[float] = 1e6  # larger uploaded values are rejected as diverged or forged
     metric_bounds: ClassVar[dict[str, tuple[float, float]]] = {}
@@ -161,6 +169,13 @@ class FederatedStrategy(Strategy):
         """Tensors each client keeps to itself: never sent either way, never overwritten by the server."""
         return frozenset()
 
+    @classmethod
+    def personal_tensors(cls, options: Any, names: list[str], prunable: list[str], batchnorm: list[str]
+                         ) -> frozenset[str]:
+        """`personal_names`, given every tensor name of the model, the prunable ones and the BatchNorm ones;
+        both halves ask this one."""
+        return cls.personal_names(options, batchnorm)
+
     # ---- server half ------------------------------------------------------------------------------------
     def __init__(self, setup: ServerSetup, options: Any = None):
         self.setup = setup
@@ -177,7 +192,7 @@ class FederatedStrategy(Strategy):
         # which one the last checkpoint holds (clients never delete that one).
         self.state_version: dict[int, int] = {pid: 0 for pid in setup.node_of}
         self.state_keep: dict[int, int] = {pid: 0 for pid in setup.node_of}
-        self.personal = self.personal_names(self.options, setup.batchnorm)
+        self.personal = self.personal_tensors(self.options, list(setup.theta0), list(setup.prunable), setup.batchnorm)
         self.rng = random.Random(setup.seed)
         self.failures: list[str] = []  # every failure of the run, one line each
         self.round_failures: list[Failure] = []  # this round's (and phase's), for the run's log

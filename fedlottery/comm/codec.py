@@ -18,14 +18,18 @@ Codecs (the values part -- the kept values in row-major order -- is the same for
              otherwise the smallest of bitmap / indices / rice / delta (sizes are computed exactly before
              anything is written, and only the winner is assembled)
 
+A mask alone (`encode_mask`, suffix ``m``: no values part at all, e.g. FedPM's uploaded sample) travels as bitmap,
+indices or rice; its header always carries the kept count, and it decodes to the boolean mask itself.
+
 Layout (little-endian; every field after `descriptor` is validated when decoding):
 
     magic       2 bytes  b"FL"
     version     u8       1
     descriptor  u8       bits 0-2 codec id (index in CODECS), bits 3-6 value type id, bit 7 delta-removal flag
     n           varint   entries (must equal prod(array.shape))
-    count       varint   kept entries -- only for indices / rice / delta; dense: n, known and bitmap: derived
-                         from the length of the values part (and checked against the reference / the bitmap)
+    count       varint   kept entries -- only for indices / rice / delta and for every mask alone; dense: n, known
+                         and bitmap: derived from the length of the values part (checked against the reference /
+                         the bitmap)
     mask part   bytes    bitmap / varints / Rice stream (none for dense and known)
     values      bytes    count x value width
     crc32       u32      zlib.crc32 of everything before it
@@ -54,12 +58,14 @@ __all__ = [
     "bound_bytes",
     "codec_of",
     "decode_tensor",
+    "encode_mask",
     "encode_tensor",
     "values_bytes_of",
 ]
 
 CODECS = ("dense", "bitmap", "indices", "rice", "delta", "known")
 VALUE_TYPES = ("float32", "float16", "bfloat16")  # float16 / bfloat16 are LOSSY, opt-in only
+MASK_CODECS = ("bitmap", "indices", "rice")  # how a mask alone (no values) may travel
 DENSE = "fedlottery.dense.f32"  # stype of a plain dense float32 tensor
 
 _MAGIC = b"FL"
@@ -76,9 +82,10 @@ class CodecError(ValueError):
 class _VType:
     """How values travel: wire dtype, width, decoded torch dtype."""
 
-    def __init__(self, name: str, suffix: str, wire: str, torch_dtype: torch.dtype, lossy: bool = False):
+    def __init__(self, name: str, suffix: str, wire: str, torch_dtype: torch.dtype, lossy: bool = False,
+                 width: int | None = None):
         self.name, self.suffix, self.wire, self.torch_dtype, self.lossy = name, suffix, wire, torch_dtype, lossy
-        self.width = np.dtype(wire).itemsize
+        self.width = np.dtype(wire).itemsize if width is None else width
         self.dtype_name = str(torch_dtype).removeprefix("torch.")
 
 
@@ -92,6 +99,7 @@ _VTYPES = (
     _VType("int64", "i64", "<i8", torch.int64),
     _VType("uint8", "u8", "u1", torch.uint8),
     _VType("bool", "b1", "u1", torch.bool),
+    _VType("mask", "m", "u1", torch.bool, width=0),  # a mask alone: positions, no values (encode_mask)
 )
 _VT_BY_NAME = {vt.name: vt for vt in _VTYPES}
 _VT_BY_SUFFIX = {vt.suffix: vt for vt in _VTYPES}
@@ -242,7 +250,7 @@ def _candidate(codec: str, keep: np.ndarray, count: int, ref: np.ndarray | None,
 def _header(codec: str, vt: _VType, n: int, count: int, removal: bool = False) -> bytes:
     descriptor = _CODEC_ID[codec] | (_VTYPES.index(vt) << 3) | (_REMOVAL_FLAG if removal else 0)
     head = _MAGIC + bytes((_VERSION, descriptor)) + varint_bytes(n)
-    return head + varint_bytes(count) if codec in _COUNTED else head
+    return head + varint_bytes(count) if codec in _COUNTED or not vt.width else head
 
 
 def _header_len(codec: str, n: int, count: int) -> int:
@@ -326,6 +334,25 @@ def encode_tensor(
     return _assemble((head, mask_part, wire), chosen.codec, vt, shape)
 
 
+def encode_mask(keep: torch.Tensor, codec: str = "auto") -> Array:
+    """Encode a boolean mask alone, with no values (stype ``fedlottery.<codec>.m``): the kept positions as a
+    bitmap, LEB128 gaps or a Golomb-Rice stream ("auto": the smallest, sizes computed exactly). It decodes
+    (`decode_tensor`) to the mask as a bool tensor, twice: (mask, mask). A Rice-coded iid mask of density p costs
+    within about 3% of n*H(p) bits (1 bit per entry at most, with the bitmap)."""
+    if codec != "auto" and codec not in MASK_CODECS:
+        raise ValueError(f"a mask alone travels as one of {MASK_CODECS} or 'auto', not {codec!r}")
+    vt = _VT_BY_NAME["mask"]
+    shape = tuple(int(s) for s in keep.shape)
+    n = int(keep.numel())
+    kflat = _flat_bool(keep, n, "keep")
+    count = int(np.count_nonzero(kflat))
+    names = [codec] if codec != "auto" else ["bitmap", "rice"] + (["indices"] if count < n // 8 else [])
+    cache: dict = {}
+    cands = [_candidate(name, kflat, count, None, cache) for name in names]
+    chosen = min(cands, key=lambda c: (c.size, CODECS.index(c.codec)))  # every mask header has the same length
+    return _assemble((_header(chosen.codec, vt, n, count), chosen.write()), chosen.codec, vt, shape)
+
+
 # ---- decoding ------------------------------------------------------------------------------------------------
 
 
@@ -357,13 +384,18 @@ def _parse_header(array: Array, codec: str, vt: _VType) -> _Header:
     try:
         n, off = read_varint(data, 4, end)
         count = None
-        if codec in _COUNTED:
+        if codec in _COUNTED or not vt.width:
             count, off = read_varint(data, off, end)
     except RiceError as exc:
         raise CodecError(f"bad header: {exc}") from None
     if n != n_shape:
         raise CodecError(f"header says {n} entries but the Array's shape {shape} has {n_shape}")
-    if codec == "dense":
+    if not vt.width:  # a mask alone: no values part, the count is in the header
+        if codec not in MASK_CODECS:
+            raise CodecError(f"a mask alone travels as {' / '.join(MASK_CODECS)}, not {codec!r}")
+        if codec == "bitmap" and end - off != (n + 7) // 8:
+            raise CodecError(f"bitmap mask: {end - off} bytes, {(n + 7) // 8} expected for {n} entries")
+    elif codec == "dense":
         count = n
     elif codec in ("known", "bitmap"):
         mask_len = 0 if codec == "known" else (n + 7) // 8
@@ -473,6 +505,10 @@ def decode_tensor(array: Array, reference: torch.Tensor | None = None) -> tuple[
     _check_crc(data)
     header = _parse_header(array, codec, vt)
     shape = tuple(int(s) for s in array.shape)
+    if not vt.width:  # a mask alone (encode_mask): the decoded tensor is the mask itself
+        body = np.frombuffer(data, dtype=np.uint8, count=header.body_end - header.offset, offset=header.offset)
+        keep = _decode_mask(codec, body, header, reference)
+        return torch.from_numpy(keep).reshape(shape), torch.from_numpy(keep.copy()).reshape(shape)
     raw = np.frombuffer(data, dtype=vt.wire, count=header.count, offset=header.body_end)
     values = _values_to_numpy(raw, vt)
     if codec == "dense":

@@ -2,6 +2,7 @@
 
 The sender names the mask the receiver already holds (`reference`); a tensor whose mask is unchanged then
 carries values only, and a changed one carries the smallest of a full mask or its delta (codec 'auto').
+A bool tensor is a mask in its own right (FedPM's uploaded sample): it travels as its kept positions alone.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Mapping
 import torch
 from flwr.app import ArrayRecord
 
-from fedlottery.comm.codec import CodecError, decode_tensor, encode_tensor
+from fedlottery.comm.codec import MASK_CODECS, CodecError, decode_tensor, encode_mask, encode_tensor
 from fedlottery.sparsity import Mask
 
 
@@ -19,10 +20,14 @@ def pack_state(
     skip: frozenset[str] = frozenset(), codec: str = "auto", values: str = "float32",
 ) -> ArrayRecord:
     """Encode a state dict; tensors in `mask` travel sparse (against the receiver's `reference` mask), the
-    rest dense; names in `skip` stay home. `values` other than float32 are lossy and apply to weights only."""
+    rest dense; names in `skip` stay home. `values` other than float32 are lossy and apply to weights only.
+    A bool tensor travels as a mask alone (its kept positions, no values: `encode_mask`)."""
     record = ArrayRecord()
     for name, tensor in state.items():
         if name in skip:
+            continue
+        if tensor.dtype == torch.bool:
+            record[name] = encode_mask(tensor, codec if codec in MASK_CODECS else "auto")
             continue
         if mask is not None and name in mask:
             ref = reference[name] if reference is not None and name in reference else None
