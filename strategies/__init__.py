@@ -15,15 +15,18 @@ from importlib import metadata
 from strategies.base import ClientTask, ClientUpdate, FederatedStrategy, NoOptions, ServerSetup
 from strategies.cell import CELLStrategy
 from strategies.fedavg import FedAvgStrategy
+from strategies.fedbn import FedBNStrategy
 from strategies.fedltn import FedLTNStrategy
+from strategies.fedpm import FedPMStrategy
 from strategies.flash import FlashJMWSTStrategy, FlashSPDSTStrategy, HeteroFlashStrategy
+from strategies.local import LocalStrategy
 from strategies.lotteryfl import LotteryFLStrategy
 from strategies.options import check_config, options_for, uses_validation
 
 ENTRY_POINT_GROUP = "fedlottery.strategies"
 _BUILTIN: dict[str, type[FederatedStrategy]] = {cls.name: cls for cls in (
     FedAvgStrategy, LotteryFLStrategy, FedLTNStrategy, FlashSPDSTStrategy, FlashJMWSTStrategy,
-    HeteroFlashStrategy, CELLStrategy,
+    HeteroFlashStrategy, CELLStrategy, FedBNStrategy, LocalStrategy, FedPMStrategy,
 )}
 _registered: dict[str, type[FederatedStrategy]] = {}
 
