@@ -61,8 +61,23 @@ def initial_state(config_json: str) -> tuple[dict[str, torch.Tensor], list[str],
 
 
 def device_for(cfg: FederatedConfig) -> torch.device:
-    use_gpu = cfg.simulation.device == "cuda" or (cfg.simulation.device == "auto" and cfg.simulation.num_gpus > 0)
-    return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    """Where this client's model, data and theta_0 go: `simulation.device`, with 'auto' = cuda when Ray gave the
+    actor a GPU (num_gpus > 0), else cpu. Ray shows an actor only the GPUs it assigned it (CUDA_VISIBLE_DEVICES),
+    numbered from cuda:0. A GPU asked for but not visible here is an error, never a silent fall-back to the CPU."""
+    sim = cfg.simulation
+    if sim.device == "cpu" or (sim.device == "auto" and sim.num_gpus == 0):
+        return torch.device("cpu")
+    wanted = torch.device("cuda" if sim.device == "auto" else sim.device)
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if (wanted.index or 0) >= visible:
+        import os
+
+        raise RuntimeError(
+            f"simulation.device {sim.device!r} with simulation.num_gpus {sim.num_gpus:g}, but this client process "
+            f"sees {visible} CUDA GPU(s) (torch {torch.__version__}, CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}); Ray numbers an actor's GPUs from cuda:0, and every node "
+            "that can host a GPU client needs a CUDA build of torch")
+    return wanted
 
 
 def client_data(config_json: str, partition_id: int, device: torch.device) -> ClientData:

@@ -7,7 +7,8 @@
   in seconds instead of minutes of retries (a port that answers but is no Ray GCS fails after about a minute,
   `CONNECT_ATTEMPTS`). "auto" is refused: it picks whichever cluster ran last.
 - What the machine cannot give (more CPUs per actor than it has, GPUs it lacks, CUDA without a usable GPU) is
-  refused before anything starts (`check_resources`).
+  refused before anything starts (`check_resources`), and so is a `cuda:<i>` no client actor can see: Ray shows an
+  actor only the GPUs it assigns it, numbered from cuda:0 (`check_actor_gpu_index`, for clusters too).
 
 Flower's `run_simulation` reuses an initialised Ray, so `start_ray(cfg)` before it decides where the actors run.
 `stop_ray()` shuts down what `start_ray` started (and only that); the command line calls it on Ctrl-C.
@@ -30,6 +31,7 @@ PROBE_TIMEOUT_S = 3.0
 # (the probe passed) but is not a Ray GCS, that is minutes. Two attempts bound it to about a minute.
 CONNECT_ATTEMPTS = 2
 _LOCAL = "local"
+_NOSET_CUDA_ENV = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"  # Ray leaves CUDA_VISIBLE_DEVICES alone when set
 
 
 # ---- what this machine has --------------------------------------------------------------------------------
@@ -98,6 +100,7 @@ def check_resources(cfg: FederatedConfig) -> None:
     """Refuse what a local run cannot get on this machine (a cluster says for itself what it has)."""
     sim = cfg.simulation
     if cluster_address(cfg) is not None:
+        check_actor_gpu_index(cfg)
         return
     cpus = machine_cpus()
     if sim.num_cpus > cpus:
@@ -124,6 +127,21 @@ def check_resources(cfg: FederatedConfig) -> None:
     if sim.device.startswith("cuda:") and int(sim.device[5:]) >= gpus:
         raise ConfigError(f"simulation.device: {sim.device!r}, but this machine has {gpus} CUDA GPU(s) "
                           f"(cuda:0..cuda:{gpus - 1}); use 'cuda' or an index below {gpus}")
+    check_actor_gpu_index(cfg)
+
+
+def check_actor_gpu_index(cfg: FederatedConfig) -> None:
+    """Ray shows a client actor only the GPUs it assigns it (CUDA_VISIBLE_DEVICES), numbered from cuda:0: with
+    num_gpus <= 1 that is cuda:0 alone, whichever physical GPU it is. Refuse an index no actor can see."""
+    sim = cfg.simulation
+    if not sim.device.startswith("cuda:") or os.environ.get(_NOSET_CUDA_ENV, "").lower() in ("1", "true"):
+        return
+    visible = max(1, math.floor(sim.num_gpus))
+    if int(sim.device[5:]) >= visible:
+        raise ConfigError(
+            f"simulation.device: {sim.device!r}, but Ray shows each client actor only the {visible} GPU(s) it assigns "
+            f"it (simulation.num_gpus {sim.num_gpus:g}), numbered from cuda:0; use device: cuda (or auto), and choose "
+            "the physical GPUs with CUDA_VISIBLE_DEVICES where Ray starts (`ray start`, or this command)")
 
 
 def check_imp_resources(cfg: ImpConfig) -> None:
@@ -227,6 +245,6 @@ def stop_ray() -> None:
 
 
 __all__ = [
-    "check_imp_resources", "check_resources", "cluster_address", "cuda_gpus", "machine_cpus", "probe",
-    "ray_init_args", "start_ray", "stop_ray",
+    "check_actor_gpu_index", "check_imp_resources", "check_resources", "cluster_address", "cuda_gpus", "machine_cpus",
+    "probe", "ray_init_args", "start_ray", "stop_ray",
 ]
