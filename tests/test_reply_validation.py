@@ -219,3 +219,25 @@ def test_evaluation_replies_are_checked_too(make_setup, flower_run):
     assert list(results) == [0]
     assert len(strategy.failures) == 3  # two bad replies and one client that never answered
     assert any("test-acc" in f for f in strategy.failures) and any("deadline" in f for f in strategy.failures)
+
+
+@pytest.mark.parametrize("name", ["fedavg", "lotteryfl", "fedltn", "cell"])
+def test_the_result_does_not_depend_on_the_order_replies_arrive_in(name, make_setup, flower_run):
+    """The cause of the old run-to-run drift: float sums in reply-arrival order. Summing the same uploads in
+    another order changes θ_g's bits; aggregate_train reduces in partition order, so arrival order cannot."""
+    from fedlottery.aggregation import ClientWeights, mean
+
+    setup = make_setup(MODEL, clients=6, per_round=5)
+    strategy = available()[name](setup)
+    messages = _round(strategy)
+    replies = [_honest(strategy, m, shift=0.1 + 0.37 * i) for i, m in enumerate(messages)]
+    for m, r in zip(messages, replies):
+        _PARENTS[r.metadata.reply_to_message_id] = m
+    forward, _ = _run(strategy, replies)
+    backward, _ = _run(strategy, list(reversed(replies)))
+    assert all(torch.equal(forward.global_state[k], backward.global_state[k]) for k in forward.global_state)
+    g = torch.Generator().manual_seed(0)
+    uploads = [ClientWeights({"w": torch.randn(10_000, generator=g) * 10 ** (i % 4)}, None, 1.0) for i in range(5)]
+    a = mean({"w": torch.zeros(10_000)}, uploads)["w"]
+    b = mean({"w": torch.zeros(10_000)}, list(reversed(uploads)))["w"]
+    assert not torch.equal(a, b)  # float addition is not associative: order matters without the sort
