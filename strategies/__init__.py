@@ -19,6 +19,7 @@ from strategies.fedbn import FedBNStrategy
 from strategies.fedltn import FedLTNStrategy
 from strategies.fedpm import FedPMStrategy
 from strategies.flash import FlashJMWSTStrategy, FlashSPDSTStrategy, HeteroFlashStrategy
+from strategies.flower import flower_strategy, is_flower_name
 from strategies.local import LocalStrategy
 from strategies.lotteryfl import LotteryFLStrategy
 from strategies.options import check_config, options_for, uses_validation
@@ -54,7 +55,9 @@ def _plugins() -> dict[str, type[FederatedStrategy]]:
 
 
 def available() -> dict[str, type[FederatedStrategy]]:
-    """Every strategy by name: built-ins, then in-process registrations, then installed plug-ins."""
+    """Every strategy by name: built-ins, then in-process registrations, then installed plug-ins. Flower's own
+    strategies (`flwr:<ClassName>`, strategies.flower.flower_class_names()) resolve by name but are not listed,
+    so `fedlottery compare` without --strategies runs fedlottery's own."""
     found = dict(_BUILTIN)
     for name, cls in {**_plugins(), **_registered}.items():
         found.setdefault(name, cls)
@@ -62,10 +65,14 @@ def available() -> dict[str, type[FederatedStrategy]]:
 
 
 def get_strategy(name: str) -> type[FederatedStrategy]:
+    """The strategy class by name; `flwr:<ClassName>` is Flower's own strategy class (strategies.flower),
+    made from the name in any process (e.g. a Ray actor)."""
     if name in _BUILTIN:
         return _BUILTIN[name]
     if name in _registered:
         return _registered[name]
+    if is_flower_name(name):
+        return flower_strategy(name)
     strategies = available()
     if name not in strategies:
         raise KeyError(f"unknown strategy {name!r}; installed: {', '.join(sorted(strategies))}")

@@ -6,6 +6,7 @@ need it live here: `check_config(cfg)` runs them all, `options_for(cfg, name)` g
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import strategies as registry  # attributes are read at call time, so the partial import during start-up is fine
@@ -19,10 +20,21 @@ def _strategy(name: str, key: str) -> type:
         raise ConfigError(f"{key}: {err.args[0]}") from None
 
 
+def _options_key(name: str) -> str:
+    """How a strategy's options are named in errors: quoted where YAML needs it (`strategy_options."flwr:FedProx"`)."""
+    return f"strategy_options.{name}" if re.fullmatch(r"[\w-]+", name) else f'strategy_options."{name}"'
+
+
 def options_for(cfg: FederatedConfig, name: str) -> Any:
-    """The typed, validated options of strategy `name` (its defaults where the config says nothing)."""
-    cls = _strategy(name, f"strategy_options.{name}")
-    return from_dict(cls.options_cls, cfg.strategy_options.get(name, {}), f"strategy_options.{name}")
+    """The typed, validated options of strategy `name` (its defaults where the config says nothing). A strategy
+    whose options are not a dataclass (Flower's own, `flwr:<ClassName>`: its constructor's arguments) checks
+    them itself with a `parse_options(raw, key)` classmethod."""
+    key = _options_key(name)
+    cls = _strategy(name, key)
+    parse = getattr(cls, "parse_options", None)
+    if parse is not None:
+        return parse(cfg.strategy_options.get(name, {}), key)
+    return from_dict(cls.options_cls, cfg.strategy_options.get(name, {}), key)
 
 
 def uses_validation(cls: type, options: Any) -> bool:
@@ -36,7 +48,7 @@ def check_config(cfg: FederatedConfig) -> None:
     """Every strategy-side check of a federated config; raises ConfigError naming the key."""
     for i, name in enumerate(cfg.strategies):
         _strategy(name, f"strategies[{i}]")
-    for name in cfg.strategy_options:
+    for name in dict.fromkeys([*cfg.strategy_options, *cfg.strategies]):  # listed ones too: required options
         options_for(cfg, name)
     for i, name in enumerate(cfg.strategies):
         if cfg.partition.val_fraction == 0 and uses_validation(registry.get_strategy(name), options_for(cfg, name)):
