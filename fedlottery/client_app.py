@@ -142,7 +142,7 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
     strategy = get_strategy(name)
     theta0, prunable, batchnorm = initial_state(config_json)
     options = options_for(cfg, name)
-    personal = strategy.personal_names(options, batchnorm)
+    personal = strategy.personal_tensors(options, list(theta0), prunable, batchnorm)
     store = state_store(context)
     version = int(conf["state-version"])
     held_state = store.load(name, pid, version)
@@ -152,7 +152,7 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
     mask = held if bool(conf["broadcast"]) or sent is None else sent
     if mask_crc(mask) != int(conf["mask-crc"]):
         raise CodecError("client mask out of sync with the server's")
-    mask.apply_(state)
+    Mask({n: keep for n, keep in mask.items() if n in state}).apply_(state)  # personal tensors stay as kept
     personal_state = {k: theta0[k] for k in personal}
     personal_state.update(held_state.personal)
     device = device_for(cfg)
@@ -183,7 +183,8 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
         _inject_nan(update.state, update.mask)
     arrays = ArrayRecord()
     if update.send_state:
-        arrays = pack_state(update.state, update.mask, mask, personal, cfg.comm.codec, cfg.comm.values)
+        upload = update.state if update.upload is None else update.upload
+        arrays = pack_state(upload, update.mask, mask, personal, cfg.comm.codec, cfg.comm.values)
     if "corrupt" in faults and arrays:
         _corrupt(arrays)
     metrics = {"partition-id": pid, "num-examples": num_examples,

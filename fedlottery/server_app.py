@@ -200,15 +200,18 @@ def _run_strategy(grid, exp: Experiment, strategy: FederatedStrategy, run: Strat
 
 def _train_round(grid, exp: Experiment, strategy: FederatedStrategy, run: StrategyRun, rnd: int) -> dict:
     meter, prunable = run.meter, set(strategy.setup.prunable)
+    counted = strategy.communicates  # False: a real deployment sends nothing at all (local training only)
     messages = list(strategy.configure_train(rnd, None, None, grid))
     pid_of = {id(m): int(m.content["config"]["partition-id"]) for m in messages}
     for msg in messages:
-        meter.add(rnd, pid_of[id(msg)], "down", content_bytes(msg.content), values_bytes(msg.content["model"], prunable))
-    meter.add_broadcast(rnd, broadcast_bytes(messages))
+        if counted:
+            meter.add(rnd, pid_of[id(msg)], "down", content_bytes(msg.content),
+                      values_bytes(msg.content["model"], prunable))
+    meter.add_broadcast(rnd, broadcast_bytes(messages) if counted else 0)
     replies = _send(grid, messages, exp.cfg.simulation.round_timeout)
     sent_ids = {m.metadata.message_id: pid_of[id(m)] for m in messages}
     for reply in sorted(replies, key=lambda r: sent_ids.get(r.metadata.reply_to_message_id, -1)):
-        if not reply.has_error() and "model" in reply.content:
+        if counted and not reply.has_error() and "model" in reply.content:
             meter.add(rnd, sent_ids.get(reply.metadata.reply_to_message_id, -1), "up", content_bytes(reply.content),
                       _safe_values_bytes(reply.content["model"], prunable))
     _, train_metrics = strategy.aggregate_train(rnd, replies)
