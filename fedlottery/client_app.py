@@ -27,7 +27,7 @@ from fedlottery.data import load_dataset, make_partitions
 from fedlottery.faults import EVAL_FAULTS, TRAIN_FAULTS, InjectedFault, faults_of
 from fedlottery.models import batchnorm_names, build_model, clone_state, prunable_names
 from fedlottery.sparsity import Mask
-from fedlottery.training import evaluate, train
+from fedlottery.training import evaluate, evaluate_many, train, warm_up
 from strategies import get_strategy, options_for
 from strategies.base import ClientData, ClientTask, mask_crc
 
@@ -101,6 +101,7 @@ def setup(message: Message, context: Context) -> Message:
     config_json = str(config["experiment"])
     experiment(config_json)  # validate now, so a bad config fails at setup, not mid-round
     initial_state(config_json)  # load data, partitions and theta_0 into this process now, not in round 1
+    warm_up()  # and the optimizer's one-off torch._dynamo import
     context.state[STATE_KEY] = ConfigRecord({"experiment": config_json, "state-dir": str(config.get("state-dir", ""))})
     pid = int(context.node_config["partition-id"])
     return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=message)
@@ -163,7 +164,7 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
     data = client_data(config_json, pid, device)
     if not training:
         tune_seed = zlib.crc32(f"{cfg.seed}/{server_round}/{pid}/{name}/finetune".encode())
-        return _evaluate(message, model, mask, data, held_state, cfg, pid, device, tune_seed)
+        return _evaluate(message, model, mask, data, held_state, cfg, pid, tune_seed)
 
     generator = torch.Generator().manual_seed(zlib.crc32(f"{cfg.seed}/{server_round}/{pid}/{name}".encode()))
     instructions = {k: v for k, v in conf.items() if k not in DOWNLINK_KEYS}
@@ -196,18 +197,23 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
 
 
 def _evaluate(message: Message, model, mask: Mask, data: ClientData, held: ClientState, cfg: FederatedConfig,
-              pid: int, device: torch.device, tune_seed: int) -> Message:
+              pid: int, tune_seed: int) -> Message:
     """The personalised model on the whole local test set; optionally a fine-tuned copy of it, and the deployed
     one (the client's own last trained weights, or what it got when it has never trained)."""
-    loss, acc = evaluate(model, data.test)
+    models = [model]
+    if cfg.evaluation.deployed:
+        deployed = model
+        if held.trained:  # a second model, so both are tested in one pass over the test data
+            deployed = copy.deepcopy(model)
+            deployed.load_state_dict(held.trained)
+        models.append(deployed)
+    results = evaluate_many(models, data.test)
+    loss, acc = results[0]
     metrics = {"partition-id": pid, "num-examples": len(data.test[1]), "test-acc": acc, "test-loss": loss}
+    if cfg.evaluation.deployed:
+        metrics["deployed-acc"] = results[1][1]
     if cfg.evaluation.finetune_epochs:
         metrics["finetuned-acc"] = finetuned_accuracy(model, mask, data, cfg, torch.Generator().manual_seed(tune_seed))
-    if cfg.evaluation.deployed:
-        if held.trained:
-            model.load_state_dict(held.trained)
-            model.to(device)
-        metrics["deployed-acc"] = evaluate(model, data.test)[1]
     return Message(RecordDict({"model": ArrayRecord(), "metrics": MetricRecord(metrics)}), reply_to=message)
 
 
