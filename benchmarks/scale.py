@@ -1,7 +1,7 @@
 """What a round costs as the population grows: 100, 1,000 and 10,000 simulated clients on this machine.
 
 Each population runs in a fresh process (so the driver's memory is its own): real MNIST, LotteryFL's shards
-(small enough that every client has data), LotteryFL's CNN, LotteryFL with 20 clients per round for a few
+(2 shards of 2 images per client at every size, so a round's work is the same), LotteryFL's CNN, LotteryFL with 20 clients per round for a few
 rounds, then one evaluation of every client (`test: matched`: the 10,000 test images spread over the clients
 with their own label mix, so the forward passes are the same at every size). A sampler thread reads /proc
 every 0.2 s for the driver's RSS and the whole process tree's RSS and PSS (Ray's GCS, raylet and client
@@ -35,11 +35,11 @@ ROUNDS = 4
 
 
 def _config(clients: int) -> dict:
-    shard = max(2, min(20, 60000 // (2 * clients) // 2 * 2))  # 2 shards per client; >= 2 images each
+    """Equal work per client at every size: 2 one-label shards of 2 images (3 to train on, 1 to validate)."""
     return {
         "seed": 0, "strategies": ["lotteryfl"], "rounds": ROUNDS, "clients_per_round": 20,
         "data": {"dataset": "mnist"}, "model": {"name": "lotteryfl_cnn", "init": "default"},
-        "partition": {"scheme": "shards", "num_clients": clients, "shard_size": shard, "shards_per_client": 2,
+        "partition": {"scheme": "shards", "num_clients": clients, "shard_size": 2, "shards_per_client": 2,
                       "val_fraction": 0.25, "test": "matched"},
         "local": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.5, "batch_size": 32, "epochs": 10},
         "evaluation": {"every": ROUNDS, "global_model": False},
