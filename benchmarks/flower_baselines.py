@@ -8,7 +8,7 @@ The config is configs/compare_mnist.yaml plus the Flower strategies' constructor
 benchmarks/results/flower_baselines/config.yaml, then
 
     fedlottery compare benchmarks/results/flower_baselines/config.yaml \\
-        --strategies fedavg,lotteryfl,fedltn,flwr:FedProx,flwr:FedAdam \\
+        --strategies fedavg,fedbn,local,lotteryfl,fedltn,flwr:FedProx,flwr:FedAdam \\
         --out benchmarks/results/flower_baselines --overwrite
 
 Options (flwr.serverapp.strategy's own parameters):
@@ -39,7 +39,7 @@ from fedlottery.config import load_yaml  # noqa: E402
 BASE = ROOT / "configs" / "compare_mnist.yaml"
 OUT = ROOT / "benchmarks" / "results" / "flower_baselines"
 CONFIG = OUT / "config.yaml"
-STRATEGIES = ["fedavg", "lotteryfl", "fedltn", "flwr:FedProx", "flwr:FedAdam"]
+STRATEGIES = ["fedavg", "fedbn", "local", "lotteryfl", "fedltn", "flwr:FedProx", "flwr:FedAdam"]
 FLOWER_OPTIONS = {
     "flwr:FedProx": {"proximal_mu": 0.01},
     "flwr:FedAdam": {"eta": 0.01, "eta_l": 0.01, "tau": 0.001, "beta_1": 0.9, "beta_2": 0.99},
@@ -47,14 +47,16 @@ FLOWER_OPTIONS = {
 
 
 def write_config() -> Path:
-    """compare_mnist.yaml with these five strategies and the Flower strategies' options added."""
+    """compare_mnist.yaml with these strategies and the Flower strategies' options added."""
     cfg = load_yaml(BASE)
     cfg["strategies"] = list(STRATEGIES)
     options = {k: v for k, v in cfg.get("strategy_options", {}).items() if k in STRATEGIES}
     cfg["strategy_options"] = {**options, **FLOWER_OPTIONS}
+    cfg["evaluation"]["finetune_epochs"] = 5  # every method also after 5 local epochs of fine-tuning
     OUT.mkdir(parents=True, exist_ok=True)
     header = (f"# Written by benchmarks/flower_baselines.py: {BASE.relative_to(ROOT)} plus the options of Flower's\n"
-              "# FedProx and FedAdam (flwr:<ClassName>: constructor arguments of flwr.serverapp.strategy).\n")
+              "# FedProx and FedAdam (flwr:<ClassName>: constructor arguments of flwr.serverapp.strategy),\n"
+              "# FedBN and local training as controls, and every method also fine-tuned 5 local epochs.\n")
     CONFIG.write_text(header + yaml.safe_dump(cfg, sort_keys=False))
     return CONFIG
 
