@@ -146,7 +146,7 @@ def run_one(clients: int) -> dict:
         "eval_fraction_of_floor": round(floor / eval_s, 3),
         "peak_rss_driver_mib": round(sampler.driver / 1024), "peak_rss_total_mib": round(sampler.total_rss / 1024),
         "peak_pss_total_mib": round(sampler.total_pss / 1024),
-        "server_mask_bytes_per_client": summary.get("server_mask_bytes_per_client"),
+        "server_mask_bytes_per_client": summary["strategies"]["lotteryfl"].get("server_mask_bytes_per_client"),
         "setup_s": round(wall - sum(r["wall_s"] for r in rows), 1), "wall_s": round(wall, 1),
     }
 
