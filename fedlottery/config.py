@@ -29,7 +29,7 @@ NONFINITE = "nonfinite"  # field(metadata={NONFINITE: True}) lets a float field 
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _TRAINING_DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 
-SCHEMES: tuple[str, ...] = ("shards", "dirichlet", "pathological", "iid")
+SCHEMES: tuple[str, ...] = ("shards", "dirichlet", "pathological", "iid", "flwr")
 TEST_MODES: tuple[str, ...] = ("labels", "matched", "iid", "global")
 
 
@@ -41,9 +41,14 @@ def check_seed(value: Any, key: str) -> None:
 
 @dataclass(frozen=True)
 class PartitionConfig:
-    """How to split the training set among clients and what each client is tested on."""
+    """How to split the training set among clients and what each client is tested on.
 
-    scheme: Literal["shards", "dirichlet", "pathological", "iid"] = "shards"
+    ``iid``, ``dirichlet`` and ``pathological`` run flwr-datasets' IidPartitioner, DirichletPartitioner and
+    PathologicalPartitioner; ``shards`` (LotteryFL's one-label shards) is fedlottery's own; ``flwr`` runs any
+    flwr-datasets partitioner named by `partitioner` with the keyword arguments `args`.
+    """
+
+    scheme: Literal["shards", "dirichlet", "pathological", "iid", "flwr"] = "shards"
     num_clients: int = 20
     shard_size: int = 20  # shards: images per shard
     shards_per_client: int = 2  # shards
@@ -52,7 +57,11 @@ class PartitionConfig:
     labels_per_client: int = 2  # pathological
     val_fraction: float = 0.1  # share of each client's images held out as its local validation split
     test: Literal["labels", "matched", "iid", "global"] = "labels"  # matched: own label mix, test_size/client
-    min_size: int = 2  # dirichlet: redraw until every client has at least this many images
+    min_size: int = 2  # dirichlet: redraw until every client has at least this many images (flwr: 11 draws at most)
+    partitioner: str | None = None  # flwr: a class of flwr_datasets.partitioner, e.g. "LinearPartitioner"
+    # flwr: the partitioner's keyword arguments; num_partitions (= num_clients), partition_by ("label") and
+    # seed (from the experiment seed) are filled in by fedlottery and may not be given here.
+    args: dict = field(default_factory=dict)
 
     def validate(self, path: str = "partition") -> None:
         """Reject impossible values up front, naming the key, so a run never starts with them."""
@@ -83,19 +92,113 @@ class PartitionConfig:
         check(self.labels_per_client >= 1, "labels_per_client", f"must be >= 1, got {self.labels_per_client}")
         check(0 <= self.val_fraction < 1, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
         check(self.min_size >= 0, "min_size", f"must be >= 0, got {self.min_size}")
+        check(isinstance(self.args, dict), "args", f"expected a mapping of keyword arguments, got {self.args!r}")
+        if self.scheme != "flwr":
+            check(self.partitioner is None, "partitioner", f"only used with scheme: flwr (the scheme is "
+                  f"{self.scheme!r}); remove it, or set scheme: flwr")
+            check(not self.args, "args", f"only used with scheme: flwr (the scheme is {self.scheme!r}); remove it, "
+                  "or set scheme: flwr")
+            return
+        self.flwr_partitioner(seed=0, path=path)  # class name and arguments, checked by building it (no data)
+
+    def flwr_partitioner(self, seed: int, path: str = "partition") -> Any:
+        """scheme flwr: a fresh instance of the flwr-datasets partitioner this config names.
+
+        `args` are passed as given, plus ``num_partitions=num_clients``, ``partition_by="label"`` and
+        ``seed=seed`` where the constructor takes them.  Raises ConfigError naming ``<path>.partitioner`` or
+        ``<path>.args`` for an unknown or unusable class, unknown or missing arguments, and values its
+        constructor refuses.  (flwr-datasets is imported here, lazily: only configs that use it pay for it.)
+        """
+        import inspect
+
+        from flwr_datasets import partitioner as flwr_partitioners
+
+        where = f"{path}." if path else ""
+        usable = sorted(
+            n for n in flwr_partitioners.__all__
+            if n != "Partitioner" and n not in _FLWR_UNUSABLE and isinstance(getattr(flwr_partitioners, n), type)
+        )
+        name = self.partitioner
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}partitioner: scheme flwr needs the class name of a flwr-datasets partitioner; "
+                              f"choose one of {', '.join(usable)}")
+        if name in _FLWR_UNUSABLE:
+            raise ConfigError(f"{where}partitioner: {name} {_FLWR_UNUSABLE[name]}; choose one of {', '.join(usable)}")
+        cls = getattr(flwr_partitioners, name, None) if name in flwr_partitioners.__all__ else None
+        if not (isinstance(cls, type) and issubclass(cls, flwr_partitioners.Partitioner)) or inspect.isabstract(cls):
+            raise ConfigError(f"{where}partitioner: {name!r} is not a flwr-datasets partitioner; choose one of "
+                              f"{', '.join(usable)}")
+        params = inspect.signature(cls).parameters
+        filled = {"num_partitions": self.num_clients, "partition_by": "label", "seed": int(seed)}
+        fixes = {"num_partitions": "it is partition.num_clients", "partition_by": "fedlottery partitions by label",
+                 "seed": "it comes from the experiment seed"}
+        for key in self.args:
+            if not isinstance(key, str):
+                raise ConfigError(f"{where}args: keys must be argument names (strings), got {key!r}")
+            if key in filled and key in params:
+                raise ConfigError(f"{where}args.{key}: set by fedlottery ({fixes[key]}); remove it")
+            if key not in params:
+                own = [p for p in params if p not in filled]
+                raise ConfigError(f"{where}args.{key}: {name} takes no argument {key!r}; its arguments are "
+                                  f"{', '.join(own) or '(none besides num_partitions)'}")
+        kwargs = {k: v for k, v in filled.items() if k in params}
+        kwargs.update(self.args)
+        missing = [p.name for p in params.values() if p.default is inspect.Parameter.empty and p.name not in kwargs
+                   and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if missing:
+            raise ConfigError(f"{where}args: {name} needs {', '.join(missing)}; add "
+                              f"{'it' if len(missing) == 1 else 'them'} under {where}args")
+        try:
+            instance = cls(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - a third-party constructor refusing user values
+            raise ConfigError(f"{where}args: {name} refused {self.args}: {' '.join(str(exc).split())}") from None
+        sizes = self.args.get("partition_sizes")
+        if "num_partitions" not in params and isinstance(sizes, (list, tuple)) and len(sizes) != self.num_clients:
+            raise ConfigError(f"{where}args.partition_sizes: {len(sizes)} sizes for {self.num_clients} clients "
+                              f"({where}num_clients); give one size per client")
+        return instance
+
+
+# flwr-datasets partitioners that cannot split fedlottery's data sets (images and labels only), and why.
+_FLWR_UNUSABLE: dict[str, str] = {
+    "NaturalIdPartitioner": "needs a column of client ids, and fedlottery's data sets hold only images and labels",
+    "GroupedNaturalIdPartitioner": "needs a column of client ids, and fedlottery's data sets hold only images and "
+                                   "labels",
+    "VerticalEvenPartitioner": "splits columns (vertical FL), not rows among clients",
+    "VerticalSizePartitioner": "splits columns (vertical FL), not rows among clients",
+    "IdToSizeFncPartitioner": "takes a Python function, which a config cannot hold (LinearPartitioner, "
+                              "SquarePartitioner and ExponentialPartitioner are its ready-made forms)",
+}
 
 
 @dataclass
 class DataConfig:
-    """Which dataset, where its files are, and how much of the training set is held out for validation."""
+    """Which dataset, where its files are, and how much of the training set is held out for validation.
+
+    ``dataset: hf`` reads a Hugging Face data set saved with ``DatasetDict.save_to_disk`` (splits ``train`` and
+    ``test``) from `path`, offline; its images are in `image_column` (default ``image``) and its integer,
+    ClassLabel or string labels in `label_column` (default ``label``).
+    """
 
     dataset: str = "digits"
     root: str | None = None  # None: $FEDLOTTERY_DATA, then ../shared/data
     val_size: int = 300
+    path: str | None = None  # dataset hf: the directory save_to_disk wrote (relative: to the working directory)
+    image_column: str | None = None  # dataset hf: None means "image"
+    label_column: str | None = None  # dataset hf: None means "label"
 
     def validate(self, path: str) -> None:
-        # The data set's name is checked against the loaders by fedlottery.data.check_data_config.
+        # The data set's name (and, for hf, the directory and columns) is checked against the loaders by
+        # fedlottery.data.check_data_config.
         _check(self.val_size >= 0, f"{path}.val_size", "must be >= 0")
+        for key in ("path", "image_column", "label_column"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            _check(self.dataset == "hf", f"{path}.{key}", f"only used with dataset: hf (the data set is "
+                   f"{self.dataset!r}); remove it")
+            _check(isinstance(value, str) and value != "", f"{path}.{key}", f"expected a non-empty string, got "
+                   f"{value!r}")
 
 
 @dataclass

@@ -40,8 +40,10 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path):
     monkeypatch.delenv("FEDLOTTERY_DATA", raising=False)
     monkeypatch.setenv("FEDLOTTERY_CACHE", str(tmp_path / "cache"))
     ds._load_cached.cache_clear()
+    ds._load_hf_cached.cache_clear()
     yield
     ds._load_cached.cache_clear()
+    ds._load_hf_cached.cache_clear()
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,7 +149,7 @@ def test_public_names():
     from fedlottery.data import DataCorruptError
     from fedlottery.errors import UserError
 
-    assert DATASETS == ("digits", "mnist", "fashion_mnist", "cifar10")
+    assert DATASETS == ("digits", "mnist", "fashion_mnist", "cifar10", "hf")
     assert issubclass(DataNotFoundError, FileNotFoundError)
     # The command line reports every UserError in one line (exit 2); ValueError keeps older callers working.
     assert issubclass(DataNotFoundError, UserError)
@@ -391,6 +393,170 @@ def test_cifar_missing_lists_both_layouts(tmp_path):
     msg = str(err.value)
     assert str(tmp_path / "cifar10-jpeg.zip") in msg and str(tmp_path / "cifar-10-batches-py") in msg
     assert "cifar10" in msg
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face data sets saved on disk (dataset: hf)
+# --------------------------------------------------------------------------------------------
+
+
+def save_hf(path: pathlib.Path, train: dict, test: dict, features=None) -> pathlib.Path:
+    """A DatasetDict built with Dataset.from_dict and written with save_to_disk (as a user would)."""
+    import datasets as hf
+
+    hf.disable_progress_bars()
+    hf.DatasetDict(
+        train=hf.Dataset.from_dict(train, features=features), test=hf.Dataset.from_dict(test, features=features)
+    ).save_to_disk(str(path))
+    return path
+
+
+def hf_config(path, **kw):
+    from fedlottery.config import DataConfig
+
+    return DataConfig(dataset="hf", path=str(path), **kw)
+
+
+def test_hf_pil_images_and_class_labels(tmp_path):
+    import datasets as hf
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(14, 5, 6, 3), dtype=np.uint8)
+    labels = [0, 1, 2, 1, 0, 2, 2, 1, 0, 0, 1, 2]
+    features = hf.Features({"img": hf.Image(), "fine": hf.ClassLabel(names=["a", "b", "c", "d"])})
+    path = save_hf(tmp_path / "set",
+                   {"img": [Image.fromarray(p) for p in pixels[:12]], "fine": labels},
+                   {"img": [Image.fromarray(p) for p in pixels[12:]], "fine": [3, 0]}, features)
+    d = load_dataset(hf_config(path, image_column="img", label_column="fine"))
+    assert isinstance(d, Dataset) and d.num_classes == 4  # from the ClassLabel, though label 3 is test-only
+    assert d.input_shape == (3, 5, 6) and d.x_train.shape == (12, 3, 5, 6) and d.x_test.shape == (2, 3, 5, 6)
+    assert d.x_train.dtype == torch.float32 and d.y_train.dtype == torch.int64
+    assert d.y_train.tolist() == labels and d.y_test.tolist() == [3, 0]
+    # Per-channel standardisation with the training split's statistics, applied to both splits.
+    raw = torch.from_numpy(pixels).permute(0, 3, 1, 2).double() / 255
+    mean = raw[:12].mean(dim=(0, 2, 3), keepdim=True)
+    std = raw[:12].std(dim=(0, 2, 3), keepdim=True)
+    assert torch.allclose(d.x_train.double(), (raw[:12] - mean) / std, atol=1e-5)
+    assert torch.allclose(d.x_test.double(), (raw[12:] - mean) / std, atol=1e-5)
+    assert d.name == "hf:set"
+    assert load_dataset(hf_config(path, image_column="img", label_column="fine")) is d  # cached in-process
+
+
+def test_hf_grayscale_images_are_one_channel(tmp_path):
+    rng = np.random.default_rng(1)
+    gray = [Image.fromarray(rng.integers(0, 256, size=(4, 4), dtype=np.uint8)) for _ in range(6)]
+    path = save_hf(tmp_path / "gray", {"image": gray[:4], "label": [0, 1, 1, 0]},
+                   {"image": gray[4:], "label": [1, 0]})
+    d = load_dataset(hf_config(path))  # default columns: image, label
+    assert d.input_shape == (1, 4, 4) and d.num_classes == 2
+    assert abs(float(d.x_train.mean())) < 1e-5 and abs(float(d.x_train.std()) - 1) < 1e-5
+
+
+@pytest.mark.parametrize("layout", ["hw", "hwc", "chw"])
+def test_hf_array_images_and_string_labels(tmp_path, layout):
+    rng = np.random.default_rng(2)
+    base = rng.integers(0, 256, size=(8, 3, 6, 5), dtype=np.uint8)  # (N, C, H, W)
+    if layout == "hw":
+        base = base[:, :1]
+        stored = base[:, 0]
+    else:
+        stored = base.transpose(0, 2, 3, 1) if layout == "hwc" else base
+    names = ["dog", "cat", "eel", "cat", "dog", "dog"]
+    path = save_hf(tmp_path / layout, {"pixels": list(stored[:6]), "kind": names},
+                   {"pixels": list(stored[6:]), "kind": ["eel", "ant"]})
+    d = load_dataset(hf_config(path, image_column="pixels", label_column="kind"))
+    c = 1 if layout == "hw" else 3
+    assert d.input_shape == (c, 6, 5) and d.num_classes == 4
+    # String labels are numbered in sorted order over both splits: ant 0, cat 1, dog 2, eel 3.
+    assert d.y_train.tolist() == [2, 1, 3, 1, 2, 2] and d.y_test.tolist() == [3, 0]
+    raw = torch.from_numpy(base).double() / 255
+    mean = raw[:6].mean(dim=(0, 2, 3), keepdim=True)
+    std = raw[:6].std(dim=(0, 2, 3), keepdim=True)
+    assert torch.allclose(d.x_train.double(), (raw[:6] - mean) / std, atol=1e-5)
+
+
+def test_hf_float_arrays_are_not_rescaled(tmp_path):
+    x = np.linspace(0, 1, 4 * 3 * 3, dtype=np.float32).reshape(4, 3, 3)
+    path = save_hf(tmp_path / "f", {"image": list(x[:3]), "label": [0, 1, 0]}, {"image": list(x[3:]), "label": [1]})
+    d = load_dataset(hf_config(path))
+    raw = torch.from_numpy(x).double().unsqueeze(1)
+    assert torch.allclose(d.x_test.double(), (raw[3:] - raw[:3].mean()) / raw[:3].std(), atol=1e-5)
+
+
+def test_hf_feeds_partitions(tmp_path):
+    from fedlottery.data import PartitionConfig, make_partitions
+
+    rng = np.random.default_rng(3)
+    path = save_hf(tmp_path / "p", {"image": list(rng.integers(0, 256, (60, 3, 3), dtype=np.uint8)),
+                                    "label": [i % 3 for i in range(60)]},
+                   {"image": list(rng.integers(0, 256, (9, 3, 3), dtype=np.uint8)), "label": [i % 3 for i in range(9)]})
+    d = load_dataset(hf_config(path))
+    splits = make_partitions(d, PartitionConfig(scheme="dirichlet", num_clients=4, alpha=1.0), seed=0)
+    assert sum(s.train.numel() + s.val.numel() for s in splits) == 60
+
+
+def test_hf_config_errors_name_the_key(tmp_path):
+    from fedlottery.config import ConfigError, DataConfig, from_dict
+    from fedlottery.data import check_data_config
+
+    path = save_hf(tmp_path / "ok", {"image": [np.zeros((2, 2), np.uint8)] * 2, "label": [0, 1]},
+                   {"image": [np.zeros((2, 2), np.uint8)], "label": [1]})
+    check_data_config(hf_config(path))
+    cases = [
+        (hf_config(path, image_column="img"), r"^data\.image_column: no column 'img' in the train split"),
+        (hf_config(path, label_column="fine"), r"^data\.label_column: no column 'fine'"),
+        (hf_config(path, label_column="image"), r"^data\.label_column: column 'image' .* not labels"),
+        (hf_config(path, image_column="label"), r"^data\.image_column: column 'label' .* not images"),
+        (DataConfig(dataset="hf"), r"^data\.path: dataset hf needs the directory"),
+    ]
+    for cfg, pattern in cases:
+        with pytest.raises(ConfigError, match=pattern):
+            check_data_config(cfg)
+        with pytest.raises(ConfigError, match=pattern):
+            load_dataset(cfg)
+    # The hf-only keys are refused for the other data sets, by the config loader itself.
+    with pytest.raises(ConfigError, match=r"^data\.path: only used with dataset: hf"):
+        from_dict(DataConfig, {"dataset": "mnist", "path": str(path)}, "data")
+    with pytest.raises(ConfigError, match=r"^data\.label_column: only used with dataset: hf"):
+        from_dict(DataConfig, {"dataset": "digits", "label_column": "y"}, "data")
+    assert from_dict(DataConfig, {"dataset": "hf", "path": str(path)}, "data").image_column is None
+
+
+def test_hf_layout_errors(tmp_path):
+    import datasets as hf
+
+    from fedlottery.data import DataCorruptError, check_data_config
+
+    with pytest.raises(DataNotFoundError, match=r"does not exist or is not a directory"):
+        check_data_config(hf_config(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataNotFoundError, match=r"not written by save_to_disk"):
+        check_data_config(hf_config(tmp_path / "empty"))
+    hf.disable_progress_bars()
+    hf.Dataset.from_dict({"image": [np.zeros((2, 2), np.uint8)], "label": [0]}).save_to_disk(str(tmp_path / "one"))
+    with pytest.raises(DataNotFoundError, match=r"holds one Dataset, not a DatasetDict"):
+        check_data_config(hf_config(tmp_path / "one"))
+    hf.DatasetDict(train=hf.Dataset.from_dict({"image": [np.zeros((2, 2), np.uint8)], "label": [0]})).save_to_disk(
+        str(tmp_path / "notest"))
+    with pytest.raises(DataNotFoundError, match=r"has no split test \(its splits: train\)"):
+        check_data_config(hf_config(tmp_path / "notest"))
+    path = save_hf(tmp_path / "unlabelled", {"image": [np.zeros((2, 2), np.uint8)] * 2, "label": [0, 1]},
+                   {"image": [np.zeros((2, 2), np.uint8)], "label": [-1]})
+    with pytest.raises(DataCorruptError, match=r"label -1"):
+        load_dataset(hf_config(path))
+    sizes = [Image.new("L", (3, 3)), Image.new("L", (4, 3))]
+    path = save_hf(tmp_path / "sizes", {"image": sizes, "label": [0, 1]}, {"image": sizes[:1], "label": [0]},
+                   hf.Features({"image": hf.Image(), "label": hf.Value("int64")}))
+    with pytest.raises(DataCorruptError, match=r"image 1 is"):
+        load_dataset(hf_config(path))
+    with pytest.raises(ValueError, match=r"load_dataset\(cfg\.data\)"):
+        load_dataset("hf", root=str(path))
+
+
+def test_load_dataset_takes_a_data_section():
+    from fedlottery.config import DataConfig
+
+    assert load_dataset(DataConfig(dataset="digits")) is load_dataset("digits")
 
 
 # --------------------------------------------------------------------------------------------

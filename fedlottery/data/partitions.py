@@ -1,19 +1,29 @@
 """Split a data set among federated clients, each with its own train / validation / test indices.
 
 The schemes follow the papers the simulator reproduces: label-sorted *shards* (FedAvg / LotteryFL,
-optionally unbalanced), *dirichlet* label skew, *pathological* k-labels-per-client, and *iid*.
-Everything works on labels only (never images) with seeded numpy generators, so partitions of 60k
-MNIST labels among hundreds of clients take milliseconds and are reproducible across processes.
-flwr-datasets' partitioners are deliberately not used: their Dirichlet redraw rule (10 tries,
-optional self-balancing) and pathological label assignment differ from the rules here, and
-building a HuggingFace ``datasets.Dataset`` per call would cost more than the partitioning itself.
+optionally unbalanced), *dirichlet* label skew, *pathological* k-labels-per-client, *iid*, and *flwr*:
+any flwr-datasets partitioner named in the config.
+
+``iid``, ``dirichlet``, ``pathological`` and ``flwr`` run flwr-datasets' partitioners (IidPartitioner,
+DirichletPartitioner, PathologicalPartitioner, or the one named) on an in-memory ``datasets.Dataset`` of
+two columns, the label and the row's index into the training set, in a seeded random order: the order makes
+partitioners that take no seed (IidPartitioner, LinearPartitioner, ...) seeded too, and the index column maps
+each partition back to training images.  ``shards`` stays hand-written: flwr-datasets' ShardPartitioner cuts
+shards across class boundaries (a shard may hold two labels) and has no unbalanced rate, so it cannot express
+LotteryFL's one-label shards (see `_shards`).  Only labels are ever looked at, never images, and one seed
+drives everything.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import math
+import pathlib
+import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +35,15 @@ from fedlottery.errors import ConfigError
 
 __all__ = ["ClientSplit", "PartitionConfig", "describe", "make_partitions"]
 
-MAX_DIRICHLET_DRAWS = 100
+logger = logging.getLogger(__name__)
+
+# DirichletPartitioner (flwr-datasets 0.6.1) draws at most 11 times (its `sampling_try == 10` limit).
+FLWR_DIRICHLET_DRAWS = 11
+# PathologicalPartitioner's label assignment: each client's first label is `partition_id % classes` (so every
+# label is used once num_clients >= classes), the others drawn at random; the mode NIID-Bench (Li et al. 2022)
+# used, says flwr-datasets.  "random" and "deterministic" are available through scheme: flwr.
+PATHOLOGICAL_MODE = "first-deterministic"
+_PARTITION_CACHE_FORMAT = 1  # the layout of a partition cache file (see `_cached_shares`)
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,13 +74,16 @@ class ClientSplit:
 # --------------------------------------------------------------------------------------------
 
 
-def make_partitions(dataset: Dataset, cfg: PartitionConfig, seed: int) -> list[ClientSplit]:
+def make_partitions(dataset: Dataset, cfg: PartitionConfig, seed: int, cache: bool = True) -> list[ClientSplit]:
     """Split `dataset` among ``cfg.num_clients`` clients; deterministic in (dataset, cfg, seed).
 
     Train indices of different clients are always disjoint.  Each client's share is then divided
     into train/val (generator seeded with ``seed * 1000 + partition_id``, as in the papers' code)
     and given test indices according to ``cfg.test``.  Raises `ConfigError` (a `ValueError`) for invalid
     settings and when the data cannot satisfy them (too few shards, too few images, ...).
+
+    With `cache`, the shares a flwr-datasets partitioner computed are kept on disk (see `_cached_shares`),
+    so the other processes of a run (Ray's client actors) read them instead of importing flwr-datasets.
     """
     cfg.validate("partition")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -78,12 +99,10 @@ def make_partitions(dataset: Dataset, cfg: PartitionConfig, seed: int) -> list[C
     rng = np.random.default_rng(part_seq)
     if cfg.scheme == "shards":
         shares = _shards(y_train, cfg, rng)
-    elif cfg.scheme == "dirichlet":
-        shares = _dirichlet(y_train, num_classes, cfg, rng)
-    elif cfg.scheme == "pathological":
-        shares = _pathological(y_train, num_classes, cfg, rng)
+    elif cache:
+        shares = _cached_shares(y_train, num_classes, cfg, seed, lambda: _flwr_shares(y_train, num_classes, cfg, rng))
     else:
-        shares = _iid(len(y_train), cfg.num_clients, rng, what="training images")
+        shares = _flwr_shares(y_train, num_classes, cfg, rng)
 
     tests = _test_indices(y_test, num_classes, shares, y_train, cfg, np.random.default_rng(test_seq))
     splits = []
@@ -133,6 +152,11 @@ def _shards(y: np.ndarray, cfg: PartitionConfig, rng: np.random.Generator) -> li
     Shards are cut per class (the label-sorted order, ties by index, cut afresh at each class
     boundary), so every shard holds exactly one label; a class's last ``count % shard_size``
     images are left unused rather than forming a mixed-label shard.
+
+    Hand-written on purpose: flwr-datasets' ShardPartitioner (0.6.1) cuts the label-sorted data at multiples
+    of `shard_size` from the start, so shards straddle class boundaries (on MNIST with shard_size 20, 8 of its
+    3,000 shards hold two labels; benchmarks/partition_compare.py), and it has nothing like `unbalanced_rate`.
+    It stays reachable as ``scheme: flwr, partitioner: ShardPartitioner``.
     """
     size = cfg.shard_size
     order = np.argsort(y, kind="stable")
@@ -158,78 +182,192 @@ def _shards(y: np.ndarray, cfg: PartitionConfig, rng: np.random.Generator) -> li
     return out
 
 
-def _dirichlet(y: np.ndarray, num_classes: int, cfg: PartitionConfig, rng: np.random.Generator) -> list[np.ndarray]:
-    """Label skew: each class is split among clients by proportions drawn from Dir(alpha).
+def _flwr_shares(y: np.ndarray, num_classes: int, cfg: PartitionConfig,
+                 rng: np.random.Generator) -> list[np.ndarray]:
+    """The flwr-datasets schemes: check what the old code checked, build the partitioner, run it on the labels.
 
-    The whole partition is redrawn while some client has fewer than `min_size` images (at most
-    `MAX_DIRICHLET_DRAWS` times), which keeps every client trainable without biasing one class.
+    The data set handed to the partitioner is ``{"label", "index"}`` in the order ``rng.permutation(n)``; the
+    partitioner's own seed is the next draw from `rng`.  With IidPartitioner (contiguous, equal blocks of that
+    order) ``iid`` gives exactly the partition the hand-written code gave for the same seed.
     """
-    n_clients = cfg.num_clients
-    if n_clients * cfg.min_size > len(y):
+    import datasets as hf  # flwr-datasets' data type; imported here so that `shards` runs never pay for it
+
+    n, n_clients = len(y), cfg.num_clients
+    scheme = cfg.scheme
+    if scheme == "iid" and n < n_clients:
+        raise ConfigError(f"partition: iid: {n} training images cannot give each of {n_clients} clients at least one")
+    if scheme == "dirichlet" and n_clients * cfg.min_size > n:
         raise ConfigError(
-            f"partition: dirichlet: {n_clients} clients x min_size {cfg.min_size} exceed the {len(y)} training images"
-        )
-    members = [np.flatnonzero(y == c) for c in range(num_classes)]
-    concentration = np.full(n_clients, float(cfg.alpha))
-    smallest = 0
-    for _ in range(MAX_DIRICHLET_DRAWS):
-        parts: list[list[np.ndarray]] = [[] for _ in range(n_clients)]
-        for idx in members:
-            if len(idx) == 0:
-                continue
-            props = rng.dirichlet(concentration)
-            # Tiny alpha can underflow to all-zero or NaN proportions; fall back to one random owner.
-            if not np.all(np.isfinite(props)) or props.sum() <= 0:
-                props = np.zeros(n_clients)
-                props[rng.integers(n_clients)] = 1.0
-            cuts = np.floor(np.cumsum(props) / props.sum() * len(idx)).astype(np.int64)[:-1]
-            for client, piece in enumerate(np.split(rng.permutation(idx), np.clip(cuts, 0, len(idx)))):
-                parts[client].append(piece)
-        shares = [np.concatenate(p).astype(np.int64) if p else np.empty(0, np.int64) for p in parts]
-        smallest = min(len(s) for s in shares)
-        if smallest >= cfg.min_size:
-            return shares
-    raise ConfigError(
-        f"partition: dirichlet: after {MAX_DIRICHLET_DRAWS} draws some client still had fewer than min_size="
-        f"{cfg.min_size} images (smallest {smallest}) with alpha={cfg.alpha}, {n_clients} clients; "
-        f"raise alpha, or lower num_clients or min_size"
-    )
-
-
-def _pathological(y: np.ndarray, num_classes: int, cfg: PartitionConfig, rng: np.random.Generator) -> list[np.ndarray]:
-    """Each client holds exactly k distinct labels; each label's images are split evenly among holders.
-
-    Labels are dealt round-robin along one seeded permutation: client i gets the labels at positions
-    ``i*k .. i*k+k-1`` (mod the number of classes), so k <= num_classes consecutive positions are
-    always distinct and every label is held by the same number of clients, give or take one.
-    """
-    k, n_clients = cfg.labels_per_client, cfg.num_clients
-    present = np.unique(y)
-    if k > num_classes:
-        raise ConfigError(
-            f"partition: pathological: labels_per_client={k} exceeds the {num_classes} classes of the data set")
-    if k > len(present):
-        raise ConfigError(f"partition: pathological: labels_per_client={k} but only {len(present)} labels occur "
-                          "in the training set")
-    perm = rng.permutation(present)
-    positions = np.arange(n_clients * k).reshape(n_clients, k)
-    client_labels = perm[positions % len(perm)]
-    holders: dict[int, list[int]] = {}
-    for client, labs in enumerate(client_labels):
-        for lab in labs:
-            holders.setdefault(int(lab), []).append(client)
-    parts: list[list[np.ndarray]] = [[] for _ in range(n_clients)]
-    for lab, clients in holders.items():
-        idx = rng.permutation(np.flatnonzero(y == lab))
-        if len(idx) < len(clients):
+            f"partition: dirichlet: {n_clients} clients x min_size {cfg.min_size} exceed the {n} training images")
+    if scheme == "pathological":
+        k, present = cfg.labels_per_client, len(np.unique(y))
+        if k > num_classes:
             raise ConfigError(
-                f"partition: pathological: label {lab} has {len(idx)} training images but {len(clients)} clients "
-                "hold it; "
-                f"lower num_clients or labels_per_client"
-            )
-        for client, piece in zip(clients, np.array_split(idx, len(clients))):
-            parts[client].append(piece)
-    return [np.concatenate(p).astype(np.int64) for p in parts]
+                f"partition: pathological: labels_per_client={k} exceeds the {num_classes} classes of the data set")
+        if k > present:
+            raise ConfigError(f"partition: pathological: labels_per_client={k} but only {present} labels occur "
+                              "in the training set")
+    order = rng.permutation(n)  # first draw: the old `iid` permutation
+    seed = int(rng.integers(2**32))
+    partitioner = _build_partitioner(cfg, seed)
+    name = type(partitioner).__name__
+    table = hf.Dataset.from_dict({"label": y[order], "index": order.astype(np.int64)}).with_format("arrow")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            partitioner.dataset = table
+            parts = _read_partitions(partitioner, n_clients)
+        except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError) as exc:
+            raise ConfigError(_refusal(cfg, name, n, num_classes, exc)) from None
+    _log_warnings(scheme, name, caught)
+    used = np.concatenate(parts) if parts else np.empty(0, np.int64)
+    if len(np.unique(used)) != len(used):
+        raise ConfigError(f"partition: {scheme}: {name} gave overlapping partitions; fedlottery needs each training "
+                          "image on one client at most; choose another partitioner")
+    if scheme == "flwr":
+        empty = [i for i, p in enumerate(parts) if len(p) == 0]
+        if empty:
+            raise ConfigError(f"partition: flwr: {name} gave {len(empty)} of {n_clients} clients no training image "
+                              f"(client {empty[0]} first); lower partition.num_clients or change partition.args")
+    return parts
+
+
+def _cached_shares(y: np.ndarray, num_classes: int, cfg: PartitionConfig, seed: int,
+                   compute: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
+    """`compute()`, kept in ``$FEDLOTTERY_CACHE/partitions/`` (default ``~/.cache/fedlottery``) between processes.
+
+    Importing flwr-datasets costs every process about 2 s of CPU and 120 MiB of private memory (it imports
+    datasets, pyarrow, pandas, matplotlib and seaborn; benchmarks/partition_compare.py), and in a simulation
+    every client actor builds the partitions again.  The command line builds them before Ray starts, so the
+    actors find them here.  The file name is a SHA-256 of everything the shares depend on: the training labels,
+    the number of classes, the scheme's settings, the seed and the versions of flwr-datasets, datasets and
+    numpy, and the source of this module and of fedlottery/config.py (which build the partitioner).  A file
+    that does not match (damaged, foreign) is recomputed; a cache that cannot be written is only a warning.
+    Files are a few hundred KiB (4 bytes per training image); delete them at any time.
+    """
+    from importlib import metadata
+
+    import fedlottery.config as config_module
+    from fedlottery.data.datasets import _cache_dir, _write_npz_atomic
+
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "none"
+
+    settings = {k: getattr(cfg, k) for k in ("scheme", "num_clients", "alpha", "min_size", "labels_per_client",
+                                             "partitioner", "args")}
+    material = json.dumps({"format": _PARTITION_CACHE_FORMAT, "settings": settings, "seed": seed,
+                           "num_classes": num_classes, "n": len(y), "pathological_mode": PATHOLOGICAL_MODE,
+                           "versions": [version(p) for p in ("flwr-datasets", "datasets", "numpy")]},
+                          sort_keys=True, default=repr)
+    digest = hashlib.sha256(material.encode())
+    digest.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
+    for source in (__file__, config_module.__file__):  # the code that seeds, builds and reads the partitioner
+        digest.update(pathlib.Path(source).read_bytes())
+    key = digest.hexdigest()
+    path = _cache_dir() / "partitions" / f"{cfg.scheme}-{cfg.num_clients}-{key[:32]}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                stored_key, order, offsets = str(npz["key"]), npz["order"], npz["offsets"]
+            ok = (stored_key == key and offsets.shape == (cfg.num_clients + 1,) and offsets[0] == 0
+                  and np.all(np.diff(offsets) >= 0) and offsets[-1] == len(order)
+                  and (len(order) == 0 or (order.min() >= 0 and order.max() < len(y)))
+                  and len(np.unique(order)) == len(order))
+            if ok:
+                order = order.astype(np.int64)
+                return [order[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+            logger.warning("partition cache %s does not match; recomputing it", path)
+        except Exception as exc:  # noqa: BLE001 - any damage to the cache means "compute again"
+            logger.warning("partition cache %s is unreadable (%s); recomputing it", path, exc)
+    shares = compute()
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in shares])]).astype(np.int64)
+    order = np.concatenate(shares) if shares else np.empty(0, np.int64)
+    _write_npz_atomic(path, {"key": np.array(key), "order": order.astype(np.int32 if len(y) < 2**31 else np.int64),
+                             "offsets": offsets})
+    return shares
+
+
+def _build_partitioner(cfg: PartitionConfig, seed: int) -> Any:
+    """The flwr-datasets partitioner for `cfg` (already validated), seeded with `seed` where it takes one.
+
+    dirichlet: ``self_balancing=False``, flwr-datasets' default and what the hand-written code did (no
+    balancing); ``min_partition_size = min_size``.  ``shuffle=False`` everywhere: fedlottery sorts each
+    client's indices anyway.
+    """
+    from flwr_datasets import partitioner as fp
+
+    if cfg.scheme == "iid":
+        return fp.IidPartitioner(num_partitions=cfg.num_clients)
+    if cfg.scheme == "dirichlet":
+        return fp.DirichletPartitioner(num_partitions=cfg.num_clients, partition_by="label", alpha=float(cfg.alpha),
+                                       min_partition_size=int(cfg.min_size), self_balancing=False, shuffle=False,
+                                       seed=seed)
+    if cfg.scheme == "pathological":
+        return fp.PathologicalPartitioner(num_partitions=cfg.num_clients, partition_by="label",
+                                          num_classes_per_partition=int(cfg.labels_per_client),
+                                          class_assignment_mode=PATHOLOGICAL_MODE, shuffle=False, seed=seed)
+    return cfg.flwr_partitioner(seed=seed, path="partition")
+
+
+def _read_partitions(partitioner: Any, n_clients: int) -> list[np.ndarray]:
+    """Each partition's training-set indices (the "index" column of ``load_partition(i)``), int64.
+
+    Every ``load_partition`` call is a ``datasets`` ``select``, which fingerprints its index list by pickling it
+    element by element and builds a new ``Dataset`` (seconds for MNIST's 60,000 labels).  The partitioners that
+    hold their whole assignment as positions in ``partitioner.dataset`` (``partition_id_to_indices``, public on
+    some, private on the others in flwr-datasets 0.6.1) are read directly instead, after checking that this
+    gives partition 0 exactly as ``load_partition(0)`` does; any other partitioner (IidPartitioner: about 1 ms
+    of CPU a client) is read one ``load_partition`` at a time.
+    """
+    first = _index_column(partitioner.load_partition(0))  # also makes the partitioner decide every partition
+    total = partitioner.num_partitions
+    if total != n_clients:
+        raise ValueError(f"it makes {total} partitions but partition.num_clients is {n_clients}")
+    table = getattr(partitioner, "partition_id_to_indices", None)
+    if not isinstance(table, dict):
+        table = getattr(partitioner, "_partition_id_to_indices", None)
+    if isinstance(table, dict) and set(table) == set(range(n_clients)):
+        index = partitioner.dataset[:]["index"].to_numpy()
+        parts = [index[np.asarray(table[i], dtype=np.int64)] for i in range(n_clients)]
+        if np.array_equal(parts[0], first):
+            return parts
+    return [first] + [_index_column(partitioner.load_partition(i)) for i in range(1, n_clients)]
+
+
+def _index_column(part: Any) -> np.ndarray:
+    """The "index" column of one partition (a ``datasets.Dataset`` in arrow format, as the table handed in)."""
+    return np.asarray(part[:]["index"].to_numpy(), dtype=np.int64)
+
+
+def _refusal(cfg: PartitionConfig, name: str, n: int, num_classes: int, exc: BaseException) -> str:
+    """A ConfigError message for a partitioner that could not split this data set."""
+    why = " ".join(str(exc).split())
+    if cfg.scheme == "dirichlet" and "max number of attempts" in why:
+        return (f"partition: dirichlet: after {FLWR_DIRICHLET_DRAWS} draws (flwr-datasets' DirichletPartitioner's "
+                f"limit) some client still had fewer than min_size={cfg.min_size} images with alpha={cfg.alpha}, "
+                f"{cfg.num_clients} clients; raise alpha, or lower num_clients or min_size")
+    fix = {
+        "iid": "lower num_clients",
+        "dirichlet": "raise alpha, or lower num_clients or min_size",
+        "pathological": "lower num_clients or labels_per_client",
+        "flwr": "change partition.num_clients or partition.args",
+    }[cfg.scheme]
+    return (f"partition: {cfg.scheme}: flwr-datasets' {name} cannot split the {n} training images "
+            f"({num_classes} classes) among {cfg.num_clients} clients: {why}; {fix}")
+
+
+def _log_warnings(scheme: str, name: str, caught: list[warnings.WarningMessage]) -> None:
+    """Pass a partitioner's warnings on to the log: redraws as one line, anything else once each."""
+    redraws = sum("min_partition_size" in str(w.message) for w in caught)
+    if redraws:
+        logger.info("partition: %s: %s redrew %d time(s) for min_size", scheme, name, redraws)
+    quiet = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)  # pyarrow's and datasets' own notices
+    for text in dict.fromkeys(" ".join(str(w.message).split()) for w in caught
+                              if "min_partition_size" not in str(w.message) and not issubclass(w.category, quiet)):
+        logger.warning("partition: %s: %s: %s", scheme, name, text)
 
 
 def _iid(n: int, n_clients: int, rng: np.random.Generator, what: str) -> list[np.ndarray]:
