@@ -178,7 +178,7 @@ def _flower_child(config_json: str, out_dir: str) -> None:
 
     cfg = from_dict(FederatedConfig, json.loads(config_json))
     run_federated(cfg, Path(out_dir), log=lambda line: print(line, file=sys.stderr))
-    splits = make_partitions(load_dataset(cfg.data.dataset, cfg.data.root), cfg.partition, cfg.seed)
+    splits = make_partitions(load_dataset(cfg.data), cfg.partition, cfg.seed)
     Path(out_dir, "eval_images.json").write_text(json.dumps(sum(len(s.test) for s in splits)))
 
 

@@ -131,7 +131,7 @@ def _federated_job(args: argparse.Namespace, out_prefix: str = "", strategies: l
         existing = []  # a resumed run keeps its results and goes on from its checkpoint
     else:
         existing = _check_out(out, args.overwrite, (() if args.seeds else RESULT_FILES) + extra_products)
-    dataset = load_dataset(cfg.data.dataset, cfg.data.root)  # cached in-process: the server reuses it
+    dataset = load_dataset(cfg.data)  # cached in-process: the server reuses it
     make_partitions(dataset, cfg.partition, cfg.seed)
     _ensure_writable(out)
     start_ray(cfg)

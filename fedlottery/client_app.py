@@ -45,7 +45,7 @@ def experiment(config_json: str) -> FederatedConfig:
 @functools.lru_cache(maxsize=4)
 def _partitions(config_json: str):
     cfg = experiment(config_json)
-    dataset = load_dataset(cfg.data.dataset, cfg.data.root)
+    dataset = load_dataset(cfg.data)
     return dataset, make_partitions(dataset, cfg.partition, cfg.seed)
 
 

@@ -84,7 +84,7 @@ class ImpRunner:
 
     def __init__(self, cfg: ImpConfig, out_dir: Path, log: Callable[[str], None] = print):
         self.cfg, self.out_dir, self.log = cfg, Path(out_dir), log
-        self.dataset = load_dataset(cfg.data.dataset, cfg.data.root)
+        self.dataset = load_dataset(cfg.data)
 
     # --- planning -----------------------------------------------------------------------------------------
     def control_levels(self) -> list[int]:

@@ -142,7 +142,7 @@ def resumable_checkpoint(out_dir: Path, cfg: FederatedConfig) -> dict:
 
 def _prepare(grid, cfg: FederatedConfig, out_dir: Path, log, client_state: str, checkpoint) -> Experiment:
     random.seed(cfg.seed)
-    dataset = load_dataset(cfg.data.dataset, cfg.data.root)
+    dataset = load_dataset(cfg.data)
     splits = make_partitions(dataset, cfg.partition, cfg.seed)
     log(f"partitions: {describe(splits)}")
     torch.manual_seed(cfg.seed)

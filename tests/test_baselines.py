@@ -64,7 +64,7 @@ class Federation:
         self.cfg, self.name = cfg, name
         self.state_dir = tmp_path / "client_state"
         config_json = json.dumps(to_dict(cfg))
-        dataset = load_dataset(cfg.data.dataset, cfg.data.root)
+        dataset = load_dataset(cfg.data)
         splits = make_partitions(dataset, cfg.partition, cfg.seed)
         torch.manual_seed(cfg.seed)  # the same seeded draw as the server app (and every client)
         self.template = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, cfg.model.init)

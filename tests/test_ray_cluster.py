@@ -309,7 +309,7 @@ def test_a_client_given_a_device_trains_and_evaluates_everything_on_it(monkeypat
 
     cfg = _config()
     config_json = json.dumps(to_dict(cfg))
-    dataset = load_dataset(cfg.data.dataset, cfg.data.root)
+    dataset = load_dataset(cfg.data)
     splits = make_partitions(dataset, cfg.partition, cfg.seed)
     torch.manual_seed(cfg.seed)
     template = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, cfg.model.init)
