@@ -41,6 +41,7 @@ ROUND_COLUMNS = [
 CLIENT_COLUMNS = ["strategy", "seed", "partition_id", "final_acc", "best_acc", "density"]
 RESULT_FILES = ("rounds.csv", "clients.csv", "summary.json", "failures.log", CHECKPOINT_FILE)
 CLIENT_STATE_DIR = "client_state"
+EVAL_CHUNK = 500  # clients per evaluation batch: bounds the driver's memory whatever the population
 
 
 @dataclass
@@ -238,13 +239,18 @@ def _safe_values_bytes(record, prunable: set[str]) -> int:
 
 
 def _evaluate_round(grid, exp: Experiment, strategy: FederatedStrategy, run: StrategyRun, rnd: int) -> dict:
-    """Every client's personalised model on its whole local test set; failures counted, never hidden."""
-    messages = list(strategy.configure_evaluate(rnd, None, None, grid))
-    eval_bytes = sum(content_bytes(m.content) for m in messages)
-    replies = _send(grid, messages, evaluation_timeout(exp.cfg, len(messages)))
-    eval_bytes += sum(content_bytes(r.content) for r in replies if not r.has_error())
-    results = strategy.evaluation_results(rnd, replies)
-    _log_failures(exp, strategy)
+    """Every client's personalised model on its whole local test set, EVAL_CHUNK clients at a time (the
+    driver never holds more messages than that); failures counted, never hidden."""
+    pids = sorted(strategy.setup.node_of)
+    results: dict[int, dict[str, float]] = {}
+    eval_bytes = 0
+    for start in range(0, len(pids), EVAL_CHUNK):
+        messages = strategy.evaluation_messages(rnd, pids[start:start + EVAL_CHUNK])
+        eval_bytes += sum(content_bytes(m.content) for m in messages)
+        replies = _send(grid, messages, evaluation_timeout(exp.cfg, len(messages)))
+        eval_bytes += sum(content_bytes(r.content) for r in replies if not r.has_error())
+        results.update(strategy.evaluation_results(rnd, replies))
+        _log_failures(exp, strategy)
     accs = {pid: m["test-acc"] for pid, m in results.items()}
     deployed = [results[pid]["deployed-acc"] for pid in sorted(results) if "deployed-acc" in results[pid]]
     finetuned = [results[pid]["finetuned-acc"] for pid in sorted(results) if "finetuned-acc" in results[pid]]
@@ -253,7 +259,7 @@ def _evaluate_round(grid, exp: Experiment, strategy: FederatedStrategy, run: Str
         run.best_acc[pid] = max(acc, run.best_acc.get(pid, 0.0))
     row = {
         "personalized_acc_mean": _mean(accs[pid] for pid in sorted(accs)),
-        "evaluated_clients": len(accs), "failed_eval_clients": len(messages) - len(accs),
+        "evaluated_clients": len(accs), "failed_eval_clients": len(pids) - len(accs),
         "deployed_acc_mean": _mean(deployed), "finetuned_acc_mean": _mean(finetuned),
         "paper_metric": _mean(run.best_acc[pid] for pid in sorted(run.best_acc)),
         "eval_bytes": eval_bytes,

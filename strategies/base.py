@@ -268,8 +268,13 @@ class FederatedStrategy(Strategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                            ) -> Iterable[Message]:
+        return self.evaluation_messages(server_round, sorted(self.setup.node_of))
+
+    def evaluation_messages(self, server_round: int, partition_ids: Iterable[int]) -> list[Message]:
+        """Evaluation messages for these clients (the server sends an all-client evaluation in chunks, so
+        its memory does not grow with the population)."""
         self._pending = []
-        return [self.downlink(pid, MessageType.EVALUATE, server_round) for pid in sorted(self.setup.node_of)]
+        return [self.downlink(pid, MessageType.EVALUATE, server_round) for pid in partition_ids]
 
     def mark_checkpoint(self) -> None:
         """A checkpoint now holds every client's current state version: clients must keep those."""

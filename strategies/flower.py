@@ -224,10 +224,9 @@ class FlowerStrategy(FederatedStrategy):
         self.round_config = self.flower_configs(server_round, sampled)
         return [self.downlink(pid, MessageType.TRAIN, server_round) for pid in sampled]
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-                           ) -> Iterable[Message]:
+    def evaluation_messages(self, server_round: int, partition_ids: Iterable[int]) -> list[Message]:
         self.round_config = {}  # evaluation messages carry no training instructions
-        return super().configure_evaluate(server_round, arrays, config, grid)
+        return super().evaluation_messages(server_round, partition_ids)
 
     def flower_configs(self, server_round: int, sampled: list[int]) -> dict[int, dict[str, Any]]:
         """Run the Flower strategy's configure_train on theta_g with the sampled clients as its nodes; return
