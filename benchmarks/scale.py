@@ -34,13 +34,13 @@ COLUMNS = ["clients", "rounds", "train_round_s", "train_round_ratio_to_100", "ev
 ROUNDS = 4
 
 
-def _config(clients: int) -> dict:
+def _config(clients: int, test: str = "matched") -> dict:
     """Equal work per client at every size: 2 one-label shards of 2 images (3 to train on, 1 to validate)."""
     return {
         "seed": 0, "strategies": ["lotteryfl"], "rounds": ROUNDS, "clients_per_round": 20,
         "data": {"dataset": "mnist"}, "model": {"name": "lotteryfl_cnn", "init": "default"},
         "partition": {"scheme": "shards", "num_clients": clients, "shard_size": 2, "shards_per_client": 2,
-                      "val_fraction": 0.25, "test": "matched"},
+                      "val_fraction": 0.25, "test": test},
         "local": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.5, "batch_size": 32, "epochs": 10},
         "evaluation": {"every": ROUNDS, "global_model": False},
         "strategy_options": {"lotteryfl": {"acc_threshold": 0.5, "prune_rate": 0.2, "target_density": 0.1}},
@@ -115,15 +115,18 @@ def floor_seconds(x_test, batch: int, passes: int) -> float:
     return per_image * passes
 
 
-def run_one(clients: int) -> dict:
+def run_one(clients: int, test: str = "matched") -> dict:
     from fedlottery.config import FederatedConfig, from_dict
     from fedlottery.data import load_dataset
     from fedlottery.results import read_csv
     from fedlottery.simulation import run_federated
 
-    cfg = from_dict(FederatedConfig, _config(clients))
+    from fedlottery.data import make_partitions
+
+    cfg = from_dict(FederatedConfig, _config(clients, test))
     dataset = load_dataset("mnist", None)
-    passes = len(dataset.y_test)  # `matched`: every test image once, over all clients
+    # `matched`: every test image once over all clients; `labels`: every test image of a client's labels
+    passes = sum(len(split.test) for split in make_partitions(dataset, cfg.partition, cfg.seed))
     floor_one_thread = floor_seconds(dataset.x_test, max(1, passes // clients), passes)
     sampler = MemorySampler()
     sampler.start()
@@ -140,7 +143,7 @@ def run_one(clients: int) -> dict:
     actors = os.cpu_count() or 1
     floor = floor_one_thread / actors
     return {
-        "clients": clients, "rounds": len(rows), "train_round_s": round(sum(train) / len(train), 3),
+        "clients": clients if test == "matched" else f"{clients} (test: {test})", "rounds": len(rows), "train_round_s": round(sum(train) / len(train), 3),
         "eval_s": round(eval_s, 2), "eval_s_per_1000_clients": round(1000 * eval_s / clients, 2),
         "eval_forward_passes": passes, "eval_floor_s": round(floor, 2),
         "eval_fraction_of_floor": round(floor / eval_s, 3),
@@ -154,16 +157,22 @@ def run_one(clients: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", default="100,1000,10000")
+    parser.add_argument("--labels-eval", type=int, default=400,
+                        help="also this many clients tested on every test image of their labels (compute-bound "
+                             "evaluation, LotteryFL's Table-2 test sets); 0: skip")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one population, JSON to stdout
+    parser.add_argument("--test", default="matched", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one)))
+        print(json.dumps(run_one(args.one, args.test)))
         return
     results = []
-    for clients in [int(c) for c in args.clients.split(",")]:
+    runs = [(int(c), "matched") for c in args.clients.split(",")]
+    runs += [(args.labels_eval, "labels")] if args.labels_eval else []
+    for clients, test in runs:
         env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
-        done = subprocess.run([sys.executable, __file__, "--one", str(clients)], cwd=ROOT, env=env, check=True,
-                              stdout=subprocess.PIPE, text=True)
+        done = subprocess.run([sys.executable, __file__, "--one", str(clients), "--test", test], cwd=ROOT, env=env,
+                              check=True, stdout=subprocess.PIPE, text=True)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         base = results[0]["train_round_s"]
         for r in results:
