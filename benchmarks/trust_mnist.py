@@ -34,7 +34,7 @@ STRATEGIES = ["fedavg", "lotteryfl"]
 # Each training fault 4% per sampled client and round (P(any) = 18.5%), 20% of evaluations crash.
 FAULTS = {"train_crash": 0.04, "late": 0.04, "corrupt": 0.04, "nan": 0.04, "lie_examples": 0.04,
           "eval_crash": 0.2}
-ROUND_TIMEOUT = 20.0
+ROUND_TIMEOUT = 30.0
 
 
 def _config(rounds: int, faults: dict | None) -> Path:

@@ -213,6 +213,9 @@ def start_ray(cfg: FederatedConfig) -> None:
         if os.environ.get("PYTHONPATH"):
             pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
         os.environ["PYTHONPATH"] = pythonpath
+        # Ray starts its workers at nice 15; the client actors ARE the work, and a busy driver or a neighbour
+        # then starved them past their round deadline (measured: 4 honest clients of one MNIST round).
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
 
 
