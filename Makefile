@@ -9,10 +9,16 @@ BIN := $(VENV)/bin
 
 setup: $(VENV)/.installed
 
+# pip prints what it collects and installs as it goes (a few minutes on a fresh 2-core machine, most of it in
+# step 3), so the set-up is never silent.
 $(VENV)/.installed: pyproject.toml
+	@echo "== set-up 1/3: creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@echo "== set-up 2/3: installing $(TORCH_SPEC)"
+	$(BIN)/python -m pip install "$(TORCH_SPEC)"
+	@echo "== set-up 3/3: installing fedlottery with Flower, Ray, flwr-datasets, scikit-learn, matplotlib and pytest"
+	$(BIN)/python -m pip install -e ".[test]"
+	@echo "== set-up done: $(VENV) is ready"
 	touch $@
 
 demo: setup

@@ -150,10 +150,22 @@ def _with_seed(cfg, seed: int):
     return one
 
 
+def _verbosity(args: argparse.Namespace) -> str:
+    """--quiet / --verbose as fedlottery.simulation's QUIET / NORMAL / VERBOSE; set up before Ray starts."""
+    from fedlottery.simulation import NORMAL, QUIET, VERBOSE, configure_output
+
+    verbosity = QUIET if args.quiet else VERBOSE if args.verbose else NORMAL
+    configure_output(verbosity)
+    return verbosity
+
+
 def _run_all(cfg, out: Path, args: argparse.Namespace) -> None:
     """One run, or (--seeds) one per seed into out/seed<S> followed by the table over seeds."""
+    import functools
+
     from fedlottery.simulation import run_federated
 
+    run_federated = functools.partial(run_federated, verbosity=_verbosity(args))
     if not args.seeds:
         run_federated(cfg, out, resume=args.resume)
         return
@@ -184,11 +196,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedlottery.report import comparison_table
     from fedlottery.simulation import run_federated
 
+    verbosity = _verbosity(args)  # before anything imports Ray or Flower
     cfg, out = _federated_job(args)
     if args.seeds:
         _run_all(cfg, out, args)
         return 0
-    summary = run_federated(cfg, out, resume=args.resume)
+    summary = run_federated(cfg, out, resume=args.resume, verbosity=verbosity)
     print(comparison_table([(out.name, summary)]))
     print(f"\nwritten: {out}/rounds.csv, clients.csv, summary.json  (plots: fedlottery report {out})")
     return 0
@@ -199,11 +212,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from fedlottery.simulation import run_federated
     from strategies import available
 
+    verbosity = _verbosity(args)  # before anything imports Ray or Flower
     cfg, out = _federated_job(args, "compare_", args.strategies or list(available()), ("table.md",))
     if args.seeds:
         _run_all(cfg, out, args)
         return 0
-    run_federated(cfg, out, resume=args.resume)
+    run_federated(cfg, out, resume=args.resume, verbosity=verbosity)
     table = report([out])
     (out / "table.md").write_text(table + "\n")
     print(table)
@@ -236,6 +250,10 @@ def _federated_arguments(parser: argparse.ArgumentParser, config_help: str, defa
                         help="go on from the checkpoint in --out (same config) after a kill or crash")
     parser.add_argument("--seeds", type=_seeds,
                         help="run once per seed (e.g. 0,1,2) into --out/seed<S>; the table gives mean ± std")
+    said = parser.add_mutually_exclusive_group()
+    said.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final table")
+    said.add_argument("-v", "--verbose", action="store_true",
+                      help="also Flower's log at DEBUG and Ray's at INFO (every client actor's lines included)")
     parser.add_argument("--baseline", help="with --seeds: the strategy paired differences are taken against "
                                            "(default fedavg when it runs)")
 

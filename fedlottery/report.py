@@ -64,46 +64,123 @@ def report(dirs: list[Path], plots_dir: Path | None = None) -> str:
     return table + "\n\nplots: " + ", ".join(str(p) for p in paths)
 
 
+PLOTS = ("accuracy_vs_round.png", "accuracy_vs_mb.png", "client_densities.png")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+
+
 def _plot(runs: list[tuple[Path, dict]], out: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for fname, fig in zip(PLOTS, figures(runs)):
+        fig.savefig(out / fname, dpi=110, bbox_inches="tight")  # "tight" keeps the legend beside the axes
+        plt.close(fig)
+        paths.append(out / fname)
+    return paths
+
+
+def colours(n: int) -> list[tuple[float, float, float, float]]:
+    """n distinct colours: tab10, then tab20's darker-then-lighter halves, then evenly spaced hues."""
+    import matplotlib
+
+    if n <= 10:
+        return [matplotlib.colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        tab20 = matplotlib.colormaps["tab20"]
+        return [tab20(2 * i) for i in range(10)] + [tab20(2 * i + 1) for i in range(n - 10)]
+    hues = matplotlib.colormaps["hsv"]
+    return [hues(i / n) for i in range(n)]
+
+
+def experiment_title(runs: list[tuple[Path, dict]]) -> str:
+    """What the plots show: the run directory (or directories) and, when they share it, the set-up from the config
+    the run recorded in summary.json."""
+    names = [str(d) for d, _ in runs]
+    head = names[0] if len(names) == 1 else f"{len(names)} runs: " + ", ".join(names)
+    if len(head) > 90:
+        head = head[:87] + "..."
+    setups = {_setup(s.get("config", {})) for _, s in runs}
+    return head + (f"\n{setups.pop()}" if len(setups) == 1 and "" not in setups else "")
+
+
+def _setup(config: dict) -> str:
+    data, model, part = config.get("data", {}), config.get("model", {}), config.get("partition", {})
+    if not (data.get("dataset") and model.get("name")):
+        return ""
+    clients = f"{part['num_clients']} clients ({part.get('scheme', '?')})" if "num_clients" in part else ""
+    rounds = f"{config['rounds']} rounds" if "rounds" in config else ""
+    seed = f"seed {config['seed']}" if "seed" in config else ""
+    return ", ".join(x for x in (data["dataset"], model["name"], clients, rounds, seed) if x)
+
+
+def _series(runs: list[tuple[Path, dict]]) -> list[dict]:
+    """One entry per (run, strategy): label, evaluated rounds, cumulative MiB at them, accuracy %, densities."""
+    names = [d.name for d, _ in runs]
+    unique = len(set(names)) == len(names)
+    series = []
+    for d, _ in runs:
+        rows = read_csv(d / "rounds.csv")
+        crow = read_csv(d / "clients.csv") if (d / "clients.csv").exists() else []
+        for name in dict.fromkeys(r["strategy"] for r in rows):
+            label = name if len(runs) == 1 else f"{d.name if unique else d}/{name}"
+            cumulative, rounds, mib, acc = 0.0, [], [], []
+            for r in rows:
+                if r["strategy"] != name:
+                    continue
+                cumulative += (r["bytes_up"] + r["bytes_down"]) / MB
+                if r["personalized_acc_mean"] is not None:
+                    rounds.append(r["round"])
+                    mib.append(cumulative)
+                    acc.append(100 * r["personalized_acc_mean"])
+            densities = [r["density"] for r in crow if r["strategy"] == name and r["density"] is not None]
+            series.append({"label": label, "rounds": rounds, "mib": mib, "acc": acc, "densities": densities})
+    return series
+
+
+def figures(runs: list[tuple[Path, dict]]):
+    """The three report figures (matplotlib Figures, in PLOTS order): personalised accuracy at the evaluated rounds
+    (markers; the faint dotted line only guides the eye between evaluations), the same against cumulative MiB, and
+    the final client densities as side-by-side bars per bin. One colour and marker per (run, strategy) across all
+    three; legends beside the axes, never over the data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig_round, ax_round = plt.subplots(figsize=(6, 4))
-    fig_mb, ax_mb = plt.subplots(figsize=(6, 4))
-    fig_density, ax_density = plt.subplots(figsize=(6, 4))
-    for d, _ in runs:
-        rows = read_csv(d / "rounds.csv")
-        for name in dict.fromkeys(r["strategy"] for r in rows):
-            mine = [r for r in rows if r["strategy"] == name]
-            label = f"{d.name}/{name}" if len(runs) > 1 else name
-            cumulative, xs_round, xs_mb, ys = 0.0, [], [], []
-            for r in mine:
-                cumulative += (r["bytes_up"] + r["bytes_down"]) / MB
-                if r["personalized_acc_mean"] is not None:
-                    xs_round.append(r["round"])
-                    xs_mb.append(cumulative)
-                    ys.append(100 * r["personalized_acc_mean"])
-            ax_round.plot(xs_round, ys, label=label)
-            ax_mb.plot(xs_mb, ys, label=label)
-        clients = d / "clients.csv"
-        if clients.exists():
-            crow = read_csv(clients)
-            for name in dict.fromkeys(r["strategy"] for r in crow):
-                densities = [r["density"] for r in crow if r["strategy"] == name]
-                ax_density.hist(densities, bins=20, range=(0, 1), alpha=0.5,
-                                label=f"{d.name}/{name}" if len(runs) > 1 else name)
+    series = _series(runs)
+    palette = colours(len(series))
+    title = experiment_title(runs)
+    fig_round, ax_round = plt.subplots(figsize=(7, 4))
+    fig_mb, ax_mb = plt.subplots(figsize=(7, 4))
+    fig_density, ax_density = plt.subplots(figsize=(7, 4))
+    for i, s in enumerate(series):
+        style = dict(color=palette[i], marker=_MARKERS[i % len(_MARKERS)], markersize=6, linestyle=":",
+                     linewidth=1, label=s["label"])
+        ax_round.plot(s["rounds"], s["acc"], **style)
+        ax_mb.plot(s["mib"], s["acc"], **style)
+    last = max((r for s in series for r in s["rounds"]), default=1)
+    ax_round.set_xlim(0.5, last + 0.5)
+    ax_round.xaxis.set_major_locator(MaxNLocator(integer=True))
+    with_densities = [(s, palette[i]) for i, s in enumerate(series) if s["densities"]]
+    if with_densities:
+        per_bin = 20 if len(with_densities) <= 3 else 10  # more series side by side: wider bins
+        ax_density.hist([s["densities"] for s, _ in with_densities], bins=[i / per_bin for i in range(per_bin + 1)],
+                        color=[c for _, c in with_densities], label=[s["label"] for s, _ in with_densities],
+                        rwidth=0.9)
+    else:
+        ax_density.text(0.5, 0.5, "no clients.csv", ha="center", va="center", transform=ax_density.transAxes)
+    ax_density.set_xlim(0, 1)
+    ax_density.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax_round.set(xlabel="round", ylabel="personalised accuracy (%)")
     ax_mb.set(xlabel="cumulative MiB communicated (up + down)", ylabel="personalised accuracy (%)")
-    ax_density.set(xlabel="final client density", ylabel="clients")
-    paths = []
-    for fig, ax, fname in ((fig_round, ax_round, "accuracy_vs_round.png"), (fig_mb, ax_mb, "accuracy_vs_mb.png"),
-                           (fig_density, ax_density, "client_densities.png")):
+    ax_density.set(xlabel="final client density (fraction of prunable weights kept)", ylabel="clients")
+    for fig, ax, what in ((fig_round, ax_round, "personalised accuracy at evaluated rounds"),
+                          (fig_mb, ax_mb, "personalised accuracy vs. communication"),
+                          (fig_density, ax_density, "final client densities (bars side by side per bin)")):
+        ax.set_title(f"{title}\n{what}", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8, frameon=False)
         fig.tight_layout()
-        fig.savefig(out / fname, dpi=110)
-        plt.close(fig)
-        paths.append(out / fname)
-    return paths
+    return fig_round, fig_mb, fig_density

@@ -60,11 +60,16 @@ def write_json(path: Path, data: dict) -> None:
 
 
 class Progress:
-    """'[k/n] message (elapsed, ETA)' lines for long work."""
+    """'[k/n] message (elapsed, ETA)' lines for long work.
+
+    The ETA is measured from the second unit on: the first one carries the start-up (Ray and its client actors
+    coming up, imports, data loading, first-call warm-up), which would inflate every later estimate. Until a
+    second unit is done the line says when the estimate will come instead of guessing."""
 
     def __init__(self, total: int, log: Callable[[str], None] = print):
         self.total, self.done, self.log = total, 0, log
         self.start = time.perf_counter()
+        self._first_done: float | None = None  # when this process finished its first unit
 
     def skip(self, done: int) -> None:
         """Units finished by an earlier process (a resumed run): out of the count and of the ETA."""
@@ -73,11 +78,36 @@ class Progress:
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
+    def eta(self) -> float | None:
+        """Seconds left at the pace of the units after the first, or None before there is such a unit."""
+        if self.done >= self.total:
+            return 0.0
+        if self._first_done is None or self.done < 2:
+            return None
+        return (time.perf_counter() - self._first_done) / (self.done - 1) * (self.total - self.done)
+
     def step(self, message: str) -> None:
         self.done += 1
-        elapsed = self.elapsed()
-        eta = elapsed / self.done * (self.total - self.done)
-        self.log(f"[{self.done}/{self.total}] {message} ({_fmt(elapsed)} elapsed, ETA {_fmt(eta)})")
+        if self.done == 1:
+            self._first_done = time.perf_counter()
+        eta = self.eta()
+        when = f"ETA {_fmt(eta)}" if eta is not None else f"ETA from [2/{self.total}] on"
+        self.log(f"[{self.done}/{self.total}] {message} ({_fmt(self.elapsed())} elapsed, {when})")
+
+
+def partition_table(summary: dict) -> str:
+    """`fedlottery.data.describe`'s partition summary as a small table for a run's log: per-client min / mean /
+    max of the train, validation and test images and of the labels, with the train / validation totals."""
+    n = summary["num_clients"]
+    rows = [("train images", summary["train_size"], summary.get("total_train")),
+            ("val images", summary["val_size"], summary.get("total_val")),
+            ("test images", summary["test_size"], None),  # clients' test sets may share images: no total
+            ("labels", summary["labels_per_client"], None)]
+    lines = [f"partitions: {n} clients", f"  {'per client':<13}{'min':>7}{'mean':>9}{'max':>7}{'total':>9}"]
+    for name, stats, total in rows:
+        lines.append(f"  {name:<13}{stats['min']:>7}{stats['mean']:>9.1f}{stats['max']:>7}"
+                     + (f"{total:>9}" if total is not None else ""))
+    return "\n".join(lines)
 
 
 def _fmt(seconds: float) -> str:

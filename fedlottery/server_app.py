@@ -26,7 +26,7 @@ from fedlottery.config import ConfigError, FederatedConfig, to_dict
 from fedlottery.experiment import load_experiment
 from fedlottery.data import describe, load_dataset, make_partitions
 from fedlottery.models import batchnorm_names, build_model, clone_state, prunable_names
-from fedlottery.results import CsvLog, Progress, stderr_log, write_json
+from fedlottery.results import CsvLog, Progress, partition_table, stderr_log, write_json
 from fedlottery.training import evaluate
 from strategies import get_strategy, options_for
 from strategies.base import FederatedStrategy, ServerSetup
@@ -145,7 +145,7 @@ def _prepare(grid, cfg: FederatedConfig, out_dir: Path, log, client_state: str, 
     random.seed(cfg.seed)
     dataset = load_dataset(cfg.data)
     splits = make_partitions(dataset, cfg.partition, cfg.seed)
-    log(f"partitions: {describe(splits)}")
+    log(partition_table(describe(splits)))
     torch.manual_seed(cfg.seed)
     template = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, cfg.model.init)
     state_dir = str((out_dir / CLIENT_STATE_DIR).resolve()) if client_state == "directory" else ""
@@ -339,13 +339,40 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Read `config` (a YAML path) and `out-dir` from the run config (pyproject's [tool.flwr.app.config])."""
+    """The `flwr run` entry: read `config` (a YAML path), `num-rounds`, `out-dir`, `resume` and `client-state` from
+    the run config (pyproject's [tool.flwr.app.config], overridden with `--run-config`).
+
+    Under Flower's simulation runtime (simulations/flwr_run.sh) Flower's Ray backend has started Ray before this
+    runs: the config's `simulation` section cannot choose it any more (the federation config and $RAY_ADDRESS do),
+    and the one-pass delivery loop must already be in place (`fedlottery.simulation:client_app` installs it)."""
+    import sys
+
+    in_simulation_runtime = "flwr.server.superlink.fleet.vce.vce_api" in sys.modules  # (checked before any import)
     run_config = context.run_config
     cfg = load_experiment(_resolve_config(str(run_config.get("config", "configs/default.yaml"))))
     if "num-rounds" in run_config and int(run_config["num-rounds"]) > 0:
         cfg.rounds = int(run_config["num-rounds"])
     out_dir = Path(str(run_config.get("out-dir", "runs/flwr")))
     stderr_log(f"results -> {out_dir.resolve()}")
+    if in_simulation_runtime:
+        import threading
+
+        from fedlottery import flower_delivery
+
+        def report_delivery_loop() -> None:  # Flower starts its delivery thread after loading the ClientApp
+            while not (loops := [t for t in threading.enumerate()
+                                 if getattr(getattr(t, "_target", None), "__name__", "") == "add_messages_to_queue"]):
+                time.sleep(0.2)
+            if getattr(loops[0], "_target", None) is flower_delivery.add_messages_to_queue:
+                stderr_log("message delivery: fedlottery.flower_delivery (one pass over the messages per sweep)")
+            else:
+                stderr_log("warning: message delivery: Flower's own loop (O(nodes x messages) per sweep); load the "
+                           "ClientApp as fedlottery.simulation:client_app")
+
+        threading.Thread(target=report_delivery_loop, name="fedlottery-delivery-check", daemon=True).start()
+        if cfg.simulation.ray_address:
+            stderr_log(f"warning: simulation.ray_address {cfg.simulation.ray_address!r} is not used under `flwr "
+                       "run`: Flower's backend started Ray before the ServerApp read the config; set RAY_ADDRESS")
     run_experiment(grid, cfg, out_dir, resume=bool(run_config.get("resume", False)),
                    client_state=str(run_config.get("client-state", "directory")))
 

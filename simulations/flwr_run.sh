@@ -8,7 +8,11 @@
 # Extra arguments go to `flwr run` unchanged (string values need TOML quotes, as above).
 # What it does:
 #   1. sets FLWR_HOME (default: <project>/.flwr, excluded from the FAB by Flower), disables telemetry,
-#      the update check and runtime dependency installation (no network: use the current venv);
+#      the update check and runtime dependency installation (no network: use the current venv); sets for
+#      Flower's simulation process (it inherits them through the SuperLink daemon this script starts)
+#      RAY_ADDRESS=local unless set (Flower's backend calls a bare `ray.init()`, which would otherwise join
+#      the Ray cluster started last on this machine), RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0 and
+#      RAY_DEDUP_LOGS_SKIP_REGEX as `fedlottery run` does (no foreign warnings; fedlottery/simulation.py);
 #   2. makes sure $FLWR_HOME/config.toml has a SuperLink connection `$FLWR_CONNECTION`
 #      (default "fedlottery-sim", address ":local:" = a local SuperLink the CLI starts on demand);
 #   3. runs `flwr run . $FLWR_CONNECTION --federation-config 'num-supernodes=20
@@ -21,7 +25,8 @@
 #
 # Environment knobs: FLWR_HOME, FLWR_CONNECTION, NUM_SUPERNODES (20 = partition.num_clients of the
 # config), CLIENT_CPUS (1), FLWR_LOCAL_SUPERLINK_HTTP_API_PORT (39091; change it if another SuperLink
-# already listens there), FLWR_KEEP_SUPERLINK=1 (leave the daemon running).
+# already listens there) and FLWR_LOCAL_CONTROL_API_PORT (39093, Flower's), FLWR_KEEP_SUPERLINK=1 (leave
+# the daemon running).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,6 +41,9 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 export FLWR_TELEMETRY_ENABLED=0
 export FLWR_DISABLE_UPDATE_CHECK=1
 export FLWR_LOCAL_SUPERLINK_HTTP_API_PORT="${FLWR_LOCAL_SUPERLINK_HTTP_API_PORT:-39091}"
+export RAY_ADDRESS="${RAY_ADDRESS:-local}"
+export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="${RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO:-0}"
+export RAY_DEDUP_LOGS_SKIP_REGEX="${RAY_DEDUP_LOGS_SKIP_REGEX:-Manually terminating ClientAppActor}"
 CONNECTION="${FLWR_CONNECTION:-fedlottery-sim}"
 NUM_SUPERNODES="${NUM_SUPERNODES:-20}"
 CLIENT_CPUS="${CLIENT_CPUS:-1}"

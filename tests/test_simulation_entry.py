@@ -1,0 +1,235 @@
+"""The two ways into Flower's simulation runtime give the same result files: `fedlottery run` (in-process,
+fedlottery/simulation.py) and `flwr run .` (simulations/flwr_run.sh: local SuperLink, FAB, `flwr-simulation`
+process). Plus what a person sees: no foreign warnings, --quiet, the partition table, the ETA; and the Flower
+details the in-process entry relies on (the banner it drops, the ClientApp reference that installs the delivery
+loop in Flower's own simulation process)."""
+import csv
+import inspect
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tomllib
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedlottery import simulation
+from fedlottery.results import Progress, partition_table
+
+ROOT = Path(__file__).resolve().parents[1]
+FOREIGN = ("DEPRECATED FEATURE", "FutureWarning", "Manually terminating", "Traceback", "RAY_ACCEL_ENV_VAR")
+
+
+def _config(tmp_path: Path) -> Path:
+    cfg = {
+        "seed": 5, "strategies": ["lotteryfl", "fedavg"], "rounds": 2, "clients_per_round": 2,
+        "data": {"dataset": "digits"}, "model": {"name": "mlp_digits"},
+        "partition": {"scheme": "shards", "num_clients": 4, "shard_size": 30, "shards_per_client": 2,
+                      "val_fraction": 0.25},
+        "local": {"lr": 0.05, "epochs": 1},
+        "strategy_options": {"lotteryfl": {"acc_threshold": 0.0, "prune_rate": 0.3, "target_density": 0.3}},
+        "evaluation": {"every": 1, "deployed": True},
+        "simulation": {"num_cpus": 1},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _env(**extra: str) -> dict:
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", **extra}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _without_wall_times(out: Path) -> dict:
+    with (out / "rounds.csv").open() as f:
+        rounds = [{k: v for k, v in row.items() if k not in ("wall_s", "eval_wall_s")} for row in csv.DictReader(f)]
+    summary = json.loads((out / "summary.json").read_text())
+    for s in summary["strategies"].values():
+        s.pop("wall_s")
+    return {"rounds.csv": rounds, "clients.csv": (out / "clients.csv").read_text(), "summary.json": summary}
+
+
+# ---- end to end --------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_flwr_run_and_fedlottery_run_write_the_same_results(tmp_path):
+    config = _config(tmp_path)
+    ours, theirs = tmp_path / "fedlottery_run", tmp_path / "flwr_run"
+    run = subprocess.run([sys.executable, "-m", "fedlottery.cli", "run", str(config), "--out", str(ours)], cwd=ROOT,
+                         env=_env(), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert not [w for w in FOREIGN if w in run.stdout + run.stderr], run.stderr
+    assert "partitions: 4 clients" in run.stderr and "ETA from [2/4] on" in run.stderr
+
+    env = _env(FLWR_HOME=str(tmp_path / "flwr_home"), FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(_free_port()),
+               FLWR_LOCAL_CONTROL_API_PORT=str(_free_port()), NUM_SUPERNODES="4", CLIENT_CPUS="1")
+    flwr = subprocess.run([str(ROOT / "simulations" / "flwr_run.sh"), "--run-config",
+                           f'config="{config}" out-dir="{theirs}"'], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    output = flwr.stdout + flwr.stderr
+    assert flwr.returncode == 0, output[-3000:]
+    assert "finished:completed" in output
+    # the ClientApp reference installed the one-pass delivery loop in Flower's simulation process
+    assert "message delivery: fedlottery.flower_delivery" in output, output[-3000:]
+    assert "FutureWarning" not in output and "Manually terminating" not in output
+
+    assert _without_wall_times(theirs) == _without_wall_times(ours)
+
+
+@pytest.mark.slow
+def test_quiet_prints_only_the_table(tmp_path):
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "fedlottery.cli", "run", str(_config(tmp_path)), "--out", str(out),
+                          "--rounds", "1", "--quiet"], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stderr.strip() == ""
+    assert run.stdout.startswith("| run | strategy |") and "written:" in run.stdout
+
+
+# ---- the in-process entry's reliance on Flower ------------------------------------------------------------
+def test_run_simulation_is_what_run_federated_calls_and_its_banner_is_the_one_dropped():
+    """Pins Flower 1.41's run_simulation: the keyword arguments run_federated passes, and the banner text the
+    filter matches (if Flower rewords it, the banner would show again: update _DropDeprecationBanner)."""
+    from flwr.simulation import run_simulation
+
+    params = inspect.signature(run_simulation).parameters
+    for name in ("server_app", "client_app", "num_supernodes", "backend_name", "backend_config", "verbose_logging"):
+        assert name in params
+    source = inspect.getsource(run_simulation)
+    assert "warn_deprecated_feature(" in source and "The `run_simulation` function is deprecated" in source
+
+
+def test_the_banner_filter_drops_that_banner_and_nothing_else():
+    from flwr.supercore.logger import log, warn_deprecated_feature
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler = Keep(level=logging.DEBUG)
+    flower = logging.getLogger("flwr")
+    flower.addHandler(handler)
+    try:
+        with simulation._without_deprecation_banner():
+            warn_deprecated_feature("The `run_simulation` function is deprecated and will be removed ...")
+            warn_deprecated_feature("Something else is deprecated")
+            log(logging.WARNING, "an ordinary warning")
+        warn_deprecated_feature("The `run_simulation` function is deprecated and will be removed ...")
+    finally:
+        flower.removeHandler(handler)
+    assert len(seen) == 3
+    assert "Something else is deprecated" in seen[0] and seen[1] == "an ordinary warning"
+    assert "`run_simulation` function is deprecated" in seen[2]  # outside the block: untouched
+
+
+def test_the_actor_noise_pattern_matches_flowers_line():
+    import re
+
+    from flwr.simulation.ray_transport.ray_actor import VirtualClientEngineActor
+
+    assert '"Manually terminating %s"' in inspect.getsource(VirtualClientEngineActor.terminate)
+    assert re.search(simulation.ACTOR_NOISE, "\x1b[93mWARNING \x1b[0m:   Manually terminating ClientAppActor")
+
+
+@pytest.mark.parametrize("verbosity, flwr_level", [(simulation.NORMAL, None), (simulation.QUIET, "ERROR"),
+                                                   (simulation.VERBOSE, "DEBUG")])
+def test_configure_output_sets_what_ray_and_flower_read(monkeypatch, verbosity, flwr_level):
+    for var in (simulation.RAY_ACCEL_ENV, "FLWR_LOG_LEVEL", "RAY_DEDUP_LOGS_SKIP_REGEX", "PYTHONWARNINGS"):
+        monkeypatch.delenv(var, raising=False)
+    from flwr.supercore.logger import update_console_handler
+
+    try:
+        with warnings.catch_warnings():
+            simulation.configure_output(verbosity)
+    finally:
+        update_console_handler(level=logging.INFO, timestamps=False)
+    assert os.environ[simulation.RAY_ACCEL_ENV] == "0"
+    assert os.environ.get("FLWR_LOG_LEVEL") == flwr_level
+    assert ("RAY_DEDUP_LOGS_SKIP_REGEX" in os.environ) == (verbosity != simulation.VERBOSE)
+
+
+def test_a_users_own_ray_setting_is_kept(monkeypatch):
+    monkeypatch.setenv(simulation.RAY_ACCEL_ENV, "1")
+    monkeypatch.delenv("RAY_DEDUP_LOGS_SKIP_REGEX", raising=False)  # restored afterwards
+    simulation.configure_output(simulation.NORMAL)
+    assert os.environ[simulation.RAY_ACCEL_ENV] == "1"
+
+
+def _python(code: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_the_command_line_imports_neither_ray_nor_flower_before_configure_output():
+    assert _python("import sys, fedlottery.cli, fedlottery.simulation, fedlottery.report; "
+                   "print(sorted(m for m in ('ray', 'flwr') if m in sys.modules))") == "[]"
+
+
+def test_flwr_runs_clientapp_reference_installs_the_delivery_loop_only_in_the_simulation_process():
+    components = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["components"]
+    assert components["clientapp"] == "fedlottery.simulation:client_app"
+    check = ("import sys; from flwr.supercore.object_ref import load_app, validate; "
+             "assert validate('fedlottery.simulation:client_app') == (True, None); "
+             "from flwr.clientapp import ClientApp; {pre}"
+             "app = load_app('fedlottery.simulation:client_app', ValueError); assert isinstance(app, ClientApp); "
+             "import fedlottery.client_app; assert app is fedlottery.client_app.app; "
+             "vce = 'flwr.server.superlink.fleet.vce.vce_api'; "
+             "print(vce in sys.modules, 'fedlottery.flower_delivery' in sys.modules and "
+             "sys.modules['fedlottery.flower_delivery'].installed())")
+    # a SuperNode / Ray actor without Flower's simulation runtime: nothing imported, nothing patched
+    assert _python(check.format(pre="")) == "False False"
+    # Flower's simulation process (vce_api loaded before it loads the ClientApp): patched
+    assert _python(check.format(pre="import flwr.server.superlink.fleet.vce.vce_api; ")) == "True True"
+
+
+# ---- what a person sees ------------------------------------------------------------------------------------
+def test_partition_table():
+    summary = {"num_clients": 20, "train_size": {"min": 40, "mean": 48.25, "max": 60},
+               "val_size": {"min": 10, "mean": 12.0, "max": 15}, "test_size": {"min": 71, "mean": 72.0, "max": 74},
+               "labels_per_client": {"min": 1, "mean": 2.0, "max": 3}, "total_train": 965, "total_val": 240}
+    assert partition_table(summary).splitlines() == [
+        "partitions: 20 clients",
+        "  per client       min     mean    max    total",
+        "  train images      40     48.2     60      965",
+        "  val images        10     12.0     15      240",
+        "  test images       71     72.0     74",
+        "  labels             1      2.0      3",
+    ]
+
+
+def test_eta_leaves_out_the_first_unit(monkeypatch):
+    clock = iter([0.0, 30.0, 30.0, 32.0, 32.0, 34.0, 34.0, 36.0, 36.0])  # start; then (step, elapsed) per unit
+    monkeypatch.setattr("fedlottery.results.time.perf_counter", lambda: next(clock))
+    lines: list[str] = []
+    progress = Progress(4, lines.append)
+    for k in range(4):
+        progress.step(f"round {k + 1}")
+    assert lines[0] == "[1/4] round 1 (0:00:30 elapsed, ETA from [2/4] on)"  # 30 s of start-up: no guess
+    assert lines[1] == "[2/4] round 2 (0:00:32 elapsed, ETA 0:00:04)"  # 2 s per round after the first, 2 left
+    assert lines[3] == "[4/4] round 4 (0:00:36 elapsed, ETA 0:00:00)"
+
+
+def test_quiet_and_verbose_exclude_each_other(capsys):
+    from fedlottery.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["run", "c.yaml", "-q"]).quiet
+    assert parser.parse_args(["compare", "c.yaml", "--verbose"]).verbose
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "c.yaml", "--quiet", "--verbose"])
