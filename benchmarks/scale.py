@@ -6,7 +6,8 @@ rounds, then one evaluation of every client (`test: matched`: the 10,000 test im
 with their own label mix, so the forward passes are the same at every size). A sampler thread reads /proc
 every 0.2 s for the driver's RSS and the whole process tree's RSS and PSS (Ray's GCS, raylet and client
 actors are all descendants of the driver). The compute floor is measured in the same process before the run:
-one thread, LotteryFL's CNN on the same test images at each client's batch size.
+one thread, LotteryFL's CNN on MNIST test images at its best batch size and memory format, divided by the
+number of cores (one client actor per core).
 
     python benchmarks/scale.py                      # 100, 1000, 10000 -> benchmarks/results/scale.csv / .md
     python benchmarks/scale.py --clients 100,1000   # a subset
@@ -95,24 +96,27 @@ class MemorySampler(threading.Thread):
 
 
 # ---- the compute floor ---------------------------------------------------------------------------------------
-def floor_seconds(x_test, batch: int, passes: int) -> float:
-    """Seconds one thread needs for `passes` forward passes of LotteryFL's CNN in batches of `batch`."""
+def floor_seconds(x_test, passes: int) -> float:
+    """Seconds one thread needs for `passes` forward passes of LotteryFL's CNN at its best batch size and
+    memory format (a bare `model(x)` loop under inference_mode, as benchmarks/eval_floor.py measures it)."""
     import torch
 
     from fedlottery.models import build_model
 
     torch.set_num_threads(1)
-    model = build_model("lotteryfl_cnn", (1, 28, 28), 10).eval()
-    x = x_test[: max(batch, 1)]
+    model = build_model("lotteryfl_cnn", (1, 28, 28), 10).eval().to(memory_format=torch.channels_last)
+    best = 0.0
     with torch.inference_mode():
-        model(x)
-        reps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < 3.0:
+        for batch in (128, 500, 2000):
+            x = x_test[:batch].contiguous(memory_format=torch.channels_last)
             model(x)
-            reps += 1
-    per_image = (time.perf_counter() - start) / (reps * len(x))
+            reps, start = 0, time.perf_counter()
+            while time.perf_counter() - start < 1.5:
+                model(x)
+                reps += 1
+            best = max(best, reps * len(x) / (time.perf_counter() - start))
     torch.set_num_threads(os.cpu_count() or 1)
-    return per_image * passes
+    return passes / best
 
 
 def run_one(clients: int, test: str = "matched") -> dict:
@@ -127,7 +131,7 @@ def run_one(clients: int, test: str = "matched") -> dict:
     dataset = load_dataset("mnist", None)
     # `matched`: every test image once over all clients; `labels`: every test image of a client's labels
     passes = sum(len(split.test) for split in make_partitions(dataset, cfg.partition, cfg.seed))
-    floor_one_thread = floor_seconds(dataset.x_test, max(1, passes // clients), passes)
+    floor_one_thread = floor_seconds(dataset.x_test, passes)
     sampler = MemorySampler()
     sampler.start()
     start = time.perf_counter()
