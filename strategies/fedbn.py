@@ -8,21 +8,16 @@ With a model without BatchNorm this is exactly FedAvg.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from fedlottery.aggregation import mean
-from fedlottery.models import clone_state
-from fedlottery.training import train
-from strategies.base import ClientTask, ClientUpdate, FederatedStrategy, Reply
+from strategies.base import Reply
+from strategies.fedavg import FedAvgOptions, FedAvgStrategy
+
+FedBNOptions = FedAvgOptions  # weighted: weight clients by their training samples (False: plain mean)
 
 
-@dataclass
-class FedBNOptions:
-    weighted: bool = True  # weight clients by their number of training samples (False: plain mean)
-
-
-class FedBNStrategy(FederatedStrategy):
+class FedBNStrategy(FedAvgStrategy):
     """FedAvg with personal BatchNorm (weights, biases and running statistics stay on each client)."""
 
     name = "fedbn"
@@ -31,11 +26,6 @@ class FedBNStrategy(FederatedStrategy):
     @classmethod
     def personal_names(cls, options: Any, batchnorm: list[str]) -> frozenset[str]:
         return frozenset(batchnorm)
-
-    @classmethod
-    def client_train(cls, task: ClientTask) -> ClientUpdate:
-        train(task.model, task.data.train, task.local.as_training(), task.generator, epochs=task.local.epochs)
-        return ClientUpdate(clone_state(task.model), task.mask, len(task.data.train[1]))
 
     def aggregate(self, server_round: int, replies: list[Reply]) -> None:
         uploads = self.uploads(replies, self.options.weighted)
