@@ -340,11 +340,11 @@ def test_a_client_given_a_device_trains_and_evaluates_everything_on_it(monkeypat
     monkeypatch.setattr(client_app, "get_strategy", lambda name: Recording(real_get(name)))
     monkeypatch.setattr(client_app, "device_for", lambda _cfg: torch.device("meta"))
 
-    def recording_evaluate(model, data, *args, **kwargs):
-        seen["evaluate"] = (model, data)
+    def recording_evaluate(models, data, *args, **kwargs):
+        seen["evaluate"] = (models[0], data)  # the personal model (and the deployed one, when configured)
         raise Reached
 
-    monkeypatch.setattr(client_app, "evaluate", recording_evaluate)
+    monkeypatch.setattr(client_app, "evaluate_many", recording_evaluate)
 
     def context_for(pid):
         context = Context(run_id=1, node_id=100 + pid, node_config={"partition-id": pid}, state=RecordDict(),
