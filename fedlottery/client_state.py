@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import os
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,7 +65,7 @@ class ClientState:
         return cls(mask, dict(raw["memory"]), dict(raw["personal"]), dict(raw["trained"]))
 
 
-class ClientStateStore:
+class ClientStateStore(ABC):
     """Versioned client state keyed by (strategy, partition id, version = the round that produced it)."""
 
     def load(self, strategy: str, partition_id: int, version: int) -> ClientState:
@@ -87,18 +88,22 @@ class ClientStateStore:
             if version not in versions:
                 self._delete(strategy, partition_id, version)
 
-    # backends implement these
+    # ---- what a backend implements ----
+    @abstractmethod
     def _read(self, strategy: str, partition_id: int, version: int) -> bytes | None:
-        raise NotImplementedError
+        """Backend primitive."""
 
+    @abstractmethod
     def _write(self, strategy: str, partition_id: int, version: int, data: bytes) -> None:
-        raise NotImplementedError
+        """Backend primitive."""
 
+    @abstractmethod
     def _versions(self, strategy: str, partition_id: int) -> list[int]:
-        raise NotImplementedError
+        """Backend primitive."""
 
+    @abstractmethod
     def _delete(self, strategy: str, partition_id: int, version: int) -> None:
-        raise NotImplementedError
+        """Backend primitive."""
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")

@@ -233,9 +233,9 @@ class FederatedStrategy(Strategy):
         """Whether this round's training reply must carry the model (False: metrics only)."""
         return True
 
-    def personal_state(self, partition_id: int) -> dict[str, torch.Tensor]:
-        """The weights client `partition_id` is sent: theta_g under its mask."""
-        mask = self.masks[partition_id]
+    def personal_state(self, partition_id: int, mask: Mask | None = None) -> dict[str, torch.Tensor]:
+        """The weights client `partition_id` is sent: theta_g under its mask (pass it when already unpacked)."""
+        mask = self.masks[partition_id] if mask is None else mask
         return {
             name: (t * mask[name].to(t.dtype) if name in mask else t) for name, t in self.global_state.items()
         }
@@ -248,7 +248,7 @@ class FederatedStrategy(Strategy):
         if self.broadcast:
             arrays = pack_state(self.global_state, skip=self.personal, values=comm.values)
         else:
-            arrays = pack_state(self.personal_state(partition_id), mask, held, self.personal, comm.codec,
+            arrays = pack_state(self.personal_state(partition_id, mask), mask, held, self.personal, comm.codec,
                                 comm.values)
         config = ConfigRecord({
             "strategy": self.name, "round": server_round, "partition-id": partition_id,
