@@ -7,7 +7,11 @@ with their own label mix, so the forward passes are the same at every size). A s
 every 0.2 s for the driver's RSS and the whole process tree's RSS and PSS (Ray's GCS, raylet and client
 actors are all descendants of the driver). The compute floor is measured in the same process before the run:
 one thread, LotteryFL's CNN on MNIST test images at its best batch size and memory format, divided by the
-number of cores (one client actor per core).
+number of cores (one client actor per core), for the naive work: every client's own test images, one forward
+pass each. The `--labels-eval` rows test 400 clients on every test image of their labels (~76 clients per
+image): LotteryFL's clients each hold their own ticket, so that work is real; FedAvg's clients all hold theta_g,
+which each actor scores once on the whole test set (fedlottery.shared_evaluation), so its fraction of that
+floor can pass 1.
 
     python benchmarks/scale.py                      # 100, 1000, 10000 -> benchmarks/results/scale.csv / .md
     python benchmarks/scale.py --clients 100,1000   # a subset
@@ -35,10 +39,10 @@ COLUMNS = ["clients", "rounds", "train_round_s", "train_round_ratio_to_100", "ev
 ROUNDS = 4
 
 
-def _config(clients: int, test: str = "matched") -> dict:
+def _config(clients: int, test: str = "matched", strategy: str = "lotteryfl") -> dict:
     """Equal work per client at every size: 2 one-label shards of 2 images (3 to train on, 1 to validate)."""
     return {
-        "seed": 0, "strategies": ["lotteryfl"], "rounds": ROUNDS, "clients_per_round": 20,
+        "seed": 0, "strategies": [strategy], "rounds": ROUNDS, "clients_per_round": 20,
         "data": {"dataset": "mnist"}, "model": {"name": "lotteryfl_cnn", "init": "default"},
         "partition": {"scheme": "shards", "num_clients": clients, "shard_size": 2, "shards_per_client": 2,
                       "val_fraction": 0.25, "test": test},
@@ -119,7 +123,7 @@ def floor_seconds(x_test, passes: int) -> float:
     return passes / best
 
 
-def run_one(clients: int, test: str = "matched") -> dict:
+def run_one(clients: int, test: str = "matched", strategy: str = "lotteryfl") -> dict:
     from fedlottery.config import FederatedConfig, from_dict
     from fedlottery.data import load_dataset
     from fedlottery.results import read_csv
@@ -127,7 +131,7 @@ def run_one(clients: int, test: str = "matched") -> dict:
 
     from fedlottery.data import make_partitions
 
-    cfg = from_dict(FederatedConfig, _config(clients, test))
+    cfg = from_dict(FederatedConfig, _config(clients, test, strategy))
     dataset = load_dataset("mnist", None)
     # `matched`: every test image once over all clients; `labels`: every test image of a client's labels
     passes = sum(len(split.test) for split in make_partitions(dataset, cfg.partition, cfg.seed))
@@ -147,13 +151,13 @@ def run_one(clients: int, test: str = "matched") -> dict:
     actors = os.cpu_count() or 1
     floor = floor_one_thread / actors
     return {
-        "clients": clients if test == "matched" else f"{clients} (test: {test})", "rounds": len(rows), "train_round_s": round(sum(train) / len(train), 3),
+        "clients": clients if test == "matched" else f"{clients} (test: {test}, {strategy})", "rounds": len(rows), "train_round_s": round(sum(train) / len(train), 3),
         "eval_s": round(eval_s, 2), "eval_s_per_1000_clients": round(1000 * eval_s / clients, 2),
         "eval_forward_passes": passes, "eval_floor_s": round(floor, 2),
         "eval_fraction_of_floor": round(floor / eval_s, 3),
         "peak_rss_driver_mib": round(sampler.driver / 1024), "peak_rss_total_mib": round(sampler.total_rss / 1024),
         "peak_pss_total_mib": round(sampler.total_pss / 1024),
-        "server_mask_bytes_per_client": summary["strategies"]["lotteryfl"].get("server_mask_bytes_per_client"),
+        "server_mask_bytes_per_client": summary["strategies"][strategy].get("server_mask_bytes_per_client"),
         "setup_s": round(wall - sum(r["wall_s"] for r in rows), 1), "wall_s": round(wall, 1),
     }
 
@@ -164,18 +168,25 @@ def main() -> None:
     parser.add_argument("--labels-eval", type=int, default=400,
                         help="also this many clients tested on every test image of their labels (compute-bound "
                              "evaluation, LotteryFL's Table-2 test sets); 0: skip")
+    parser.add_argument("--labels-strategies", default="lotteryfl,fedavg",
+                        help="the strategies of the --labels-eval rows: LotteryFL tests every client on its own "
+                             "ticket; FedAvg's clients share theta_g, scored once per actor "
+                             "(fedlottery.shared_evaluation)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one population, JSON to stdout
     parser.add_argument("--test", default="matched", help=argparse.SUPPRESS)
+    parser.add_argument("--strategy", default="lotteryfl", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.test)))
+        print(json.dumps(run_one(args.one, args.test, args.strategy)))
         return
     results = []
-    runs = [(int(c), "matched") for c in args.clients.split(",")]
-    runs += [(args.labels_eval, "labels")] if args.labels_eval else []
-    for clients, test in runs:
+    runs = [(int(c), "matched", "lotteryfl") for c in args.clients.split(",")]
+    if args.labels_eval:
+        runs += [(args.labels_eval, "labels", name) for name in args.labels_strategies.split(",")]
+    for clients, test, strategy in runs:
         env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
-        done = subprocess.run([sys.executable, __file__, "--one", str(clients), "--test", test], cwd=ROOT, env=env,
+        done = subprocess.run([sys.executable, __file__, "--one", str(clients), "--test", test,
+                               "--strategy", strategy], cwd=ROOT, env=env,
                               check=True, stdout=subprocess.PIPE, text=True)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         base = results[0]["train_round_s"]

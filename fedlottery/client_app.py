@@ -26,6 +26,7 @@ from fedlottery.experiment import experiment_from_dict
 from fedlottery.data import load_dataset, make_partitions
 from fedlottery.faults import EVAL_FAULTS, TRAIN_FAULTS, InjectedFault, faults_of
 from fedlottery.models import batchnorm_names, build_model, clone_state, prunable_names
+from fedlottery.shared_evaluation import evaluate_shared, worth_sharing
 from fedlottery.sparsity import Mask
 from fedlottery.training import evaluate, evaluate_many, train, warm_up
 from strategies import get_strategy, options_for
@@ -92,6 +93,16 @@ def client_data(config_json: str, partition_id: int, device: torch.device) -> Cl
         pick(dataset.x_train, dataset.y_train, split.val),
         pick(dataset.x_test, dataset.y_test, split.test),
     )
+
+
+@functools.lru_cache(maxsize=4)
+def shared_test_set(config_json: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The whole test set on `device` when the clients' test sets overlap enough that a model many clients
+    share is best scored once on all of it (fedlottery.shared_evaluation); else None."""
+    dataset, splits = _partitions(config_json)
+    if not worth_sharing([int(s.test.numel()) for s in splits], len(dataset.y_test)):
+        return None
+    return dataset.x_test.to(device), dataset.y_test.to(device)
 
 
 @app.query()
@@ -164,7 +175,11 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
     data = client_data(config_json, pid, device)
     if not training:
         tune_seed = zlib.crc32(f"{cfg.seed}/{server_round}/{pid}/{name}/finetune".encode())
-        return _evaluate(message, model, mask, data, held_state, cfg, pid, tune_seed)
+        shared = None
+        test_set = shared_test_set(config_json, device) if not personal and mask.density() == 1.0 else None
+        if test_set is not None:  # a dense model without personal tensors: maybe the one every client has
+            shared = (config_json, test_set, _partitions(config_json)[1][pid].test)
+        return _evaluate(message, model, mask, data, held_state, cfg, pid, tune_seed, shared)
 
     generator = torch.Generator().manual_seed(zlib.crc32(f"{cfg.seed}/{server_round}/{pid}/{name}".encode()))
     instructions = {k: v for k, v in conf.items() if k not in DOWNLINK_KEYS}
@@ -197,9 +212,11 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
 
 
 def _evaluate(message: Message, model, mask: Mask, data: ClientData, held: ClientState, cfg: FederatedConfig,
-              pid: int, tune_seed: int) -> Message:
+              pid: int, tune_seed: int, shared: tuple | None = None) -> Message:
     """The personalised model on the whole local test set; optionally a fine-tuned copy of it, and the deployed
-    one (the client's own last trained weights, or what it got when it has never trained)."""
+    one (the client's own last trained weights, or what it got when it has never trained).
+    shared: (experiment key, whole test set, this client's test indices) when the personalised model may be
+    one that many clients share: it is then scored once per process (fedlottery.shared_evaluation)."""
     models = [model]
     if cfg.evaluation.deployed:
         deployed = model
@@ -207,7 +224,12 @@ def _evaluate(message: Message, model, mask: Mask, data: ClientData, held: Clien
             deployed = copy.deepcopy(model)
             deployed.load_state_dict(held.trained)
         models.append(deployed)
-    results = evaluate_many(models, data.test)
+    if shared is None:
+        results = evaluate_many(models, data.test)
+    else:
+        results = [evaluate_shared(model, *shared)]
+        if len(models) > 1:
+            results.append(results[0] if models[1] is model else evaluate(models[1], data.test))
     loss, acc = results[0]
     metrics = {"partition-id": pid, "num-examples": len(data.test[1]), "test-acc": acc, "test-loss": loss}
     if cfg.evaluation.deployed:

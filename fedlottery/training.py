@@ -160,6 +160,27 @@ def evaluate_many(
     return [results[id(m)] for m in models]
 
 
+def evaluate_per_example(model: nn.Module, data: Split, batch_size: int | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each example's cross-entropy (float64) and whether it was classified right (bool), under the same
+    evaluation state as `evaluate_many` (eval mode, inference_mode, channels_last where it pays): the mean of
+    a subset of them is that subset's `evaluate`, up to the order of a float64 sum."""
+    x, y = data
+    if batch_size is None:
+        batch_size = default_batch_size(model, x)
+    to_cl = _wants_channels_last(model, x)
+    losses, hits = [], []
+    with _evaluation_state([model], [to_cl]), torch.inference_mode():
+        for start in range(0, len(y), batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            logits = model(xb.contiguous(memory_format=torch.channels_last) if to_cl else xb)
+            losses.append(F.cross_entropy(logits, yb, reduction="none").double())
+            hits.append(logits.argmax(1) == yb)
+    if not losses:
+        return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.bool)
+    return torch.cat(losses), torch.cat(hits)
+
+
 def evaluate(
     model: nn.Module, data: Split, batch_size: int | None = None, *, channels_last: bool | None = None
 ) -> tuple[float, float]:
