@@ -24,7 +24,7 @@
 #   5. stops the SuperLink daemon it started (also on error / Ctrl-C, after `flwr stop`-ing the run).
 #
 # Environment knobs: FLWR_HOME, FLWR_CONNECTION, NUM_SUPERNODES (20 = partition.num_clients of the
-# config), CLIENT_CPUS (1), FLWR_LOCAL_SUPERLINK_HTTP_API_PORT (39091; change it if another SuperLink
+# config), CLIENT_CPUS (1), CLIENT_GPUS (0), FLWR_LOCAL_SUPERLINK_HTTP_API_PORT (39091; change it if another SuperLink
 # already listens there) and FLWR_LOCAL_CONTROL_API_PORT (39093, Flower's), FLWR_KEEP_SUPERLINK=1 (leave
 # the daemon running).
 set -euo pipefail
@@ -47,6 +47,7 @@ export RAY_DEDUP_LOGS_SKIP_REGEX="${RAY_DEDUP_LOGS_SKIP_REGEX:-Manually terminat
 CONNECTION="${FLWR_CONNECTION:-fedlottery-sim}"
 NUM_SUPERNODES="${NUM_SUPERNODES:-20}"
 CLIENT_CPUS="${CLIENT_CPUS:-1}"
+CLIENT_GPUS="${CLIENT_GPUS:-0}"
 PORT="$FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"
 LINK_LOG="$FLWR_HOME/local-superlink/superlink.log"
 
@@ -160,11 +161,11 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---- run ------------------------------------------------------------------------------------------
-log "FLWR_HOME=$FLWR_HOME  connection=$CONNECTION  supernodes=$NUM_SUPERNODES  cpus/client=$CLIENT_CPUS"
+log "FLWR_HOME=$FLWR_HOME  connection=$CONNECTION  supernodes=$NUM_SUPERNODES  cpus/client=$CLIENT_CPUS  gpus/client=$CLIENT_GPUS"
 START=$(date +%s)
 set +e
 flwr run . "$CONNECTION" \
-    --federation-config "num-supernodes=$NUM_SUPERNODES client-resources-num-cpus=$CLIENT_CPUS" \
+    --federation-config "num-supernodes=$NUM_SUPERNODES client-resources-num-cpus=$CLIENT_CPUS client-resources-num-gpus=$CLIENT_GPUS" \
     --stream "$@" 2>&1 | tee "$OUT_LOG"
 FLWR_RC=${PIPESTATUS[0]}
 set -e

@@ -73,14 +73,15 @@ def test_flwr_run_and_fedlottery_run_write_the_same_results(tmp_path):
     assert not [w for w in FOREIGN if w in run.stdout + run.stderr], run.stderr
     assert "partitions: 4 clients" in run.stderr and "ETA from [2/4] on" in run.stderr
 
+    # `fedlottery run --entry flwr`: `flwr run .` through simulations/flwr_run.sh (supernodes and CPUs from the
+    # config), from another working directory
     env = _env(FLWR_HOME=str(tmp_path / "flwr_home"), FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(_free_port()),
-               FLWR_LOCAL_CONTROL_API_PORT=str(_free_port()), NUM_SUPERNODES="4", CLIENT_CPUS="1")
-    flwr = subprocess.run([str(ROOT / "simulations" / "flwr_run.sh"), "--run-config",
-                           f'config="{config}" out-dir="{theirs}"'], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=900)
+               FLWR_LOCAL_CONTROL_API_PORT=str(_free_port()))
+    flwr = subprocess.run([sys.executable, "-m", "fedlottery.cli", "run", str(config), "--out", str(theirs),
+                           "--entry", "flwr"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     output = flwr.stdout + flwr.stderr
     assert flwr.returncode == 0, output[-3000:]
-    assert "finished:completed" in output
+    assert "finished:completed" in output and "supernodes=4  cpus/client=1" in output
     # the ClientApp reference installed the one-pass delivery loop in Flower's simulation process
     assert "message delivery: fedlottery.flower_delivery" in output, output[-3000:]
     assert "FutureWarning" not in output and "Manually terminating" not in output
@@ -233,3 +234,64 @@ def test_quiet_and_verbose_exclude_each_other(capsys):
     assert parser.parse_args(["compare", "c.yaml", "--verbose"]).verbose
     with pytest.raises(SystemExit):
         parser.parse_args(["run", "c.yaml", "--quiet", "--verbose"])
+
+
+# ---- --entry flwr: the wrapper around simulations/flwr_run.sh -----------------------------------------------
+def test_without_run_simulation_the_command_falls_back_to_flwr_run(monkeypatch, capsys):
+    import flwr.simulation
+
+    from fedlottery import cli
+
+    args = cli.build_parser().parse_args(["run", "configs/default.yaml"])
+    cli._choose_entry(args)
+    assert args.entry == "simulation"  # this Flower still has it
+    monkeypatch.delattr(flwr.simulation, "run_simulation")
+    args = cli.build_parser().parse_args(["run", "configs/default.yaml"])
+    cli._choose_entry(args)
+    assert args.entry == "flwr" and "running through `flwr run .`" in capsys.readouterr().err
+    chosen = cli.build_parser().parse_args(["run", "configs/default.yaml", "--entry", "simulation"])
+    cli._choose_entry(chosen)
+    assert chosen.entry == "simulation"  # an explicit choice is kept
+
+
+def test_flwr_entry_passes_the_effective_experiment_and_the_simulation_section(tmp_path, monkeypatch):
+    from fedlottery import flwr_entry
+    from fedlottery.config import to_dict
+    from fedlottery.experiment import load_experiment
+
+    cfg = load_experiment(str(_config(tmp_path)), rounds=7)
+    cfg.simulation.num_gpus, cfg.simulation.ray_address = 0.25, "10.0.0.1:6379"
+    seen = {}
+    fake = tmp_path / "flwr_run.sh"
+    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$SEEN"; env > "$SEEN.env"\n'
+                    'echo \'{"strategies": {}}\' > "$OUT/summary.json"\n')
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    monkeypatch.setattr(flwr_entry, "SCRIPT", fake)
+    monkeypatch.setenv("SEEN", str(tmp_path / "seen"))
+    monkeypatch.setenv("OUT", str(out))
+    assert flwr_entry.run_with_flwr(cfg, out, resume=True) == {"strategies": {}}
+    args = (tmp_path / "seen").read_text().splitlines()
+    assert args[0] == "--run-config" and f'config="{out / "experiment.yaml"}"' in args[1] and "resume=true" in args[1]
+    env = dict(line.split("=", 1) for line in (tmp_path / "seen.env").read_text().splitlines() if "=" in line)
+    assert (env["NUM_SUPERNODES"], env["CLIENT_CPUS"], env["CLIENT_GPUS"]) == ("4", "1", "0.25")
+    assert env["RAY_ADDRESS"] == "10.0.0.1:6379"
+    written = load_experiment(str(out / "experiment.yaml"))
+    assert to_dict(written) == to_dict(cfg) and written.rounds == 7  # the command line's override included
+
+
+def test_a_failed_flwr_run_is_an_error_with_its_log(tmp_path, monkeypatch, capsys):
+    from fedlottery import flwr_entry
+    from fedlottery.experiment import load_experiment
+
+    fake = tmp_path / "flwr_run.sh"
+    fake.write_text("#!/usr/bin/env bash\necho 'ServerApp raised ValueError: boom'\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(flwr_entry, "SCRIPT", fake)
+    cfg = load_experiment(str(_config(tmp_path)))
+    with pytest.raises(RuntimeError, match="did not complete"):
+        flwr_entry.run_with_flwr(cfg, tmp_path / "out", quiet=True)
+    assert "ServerApp raised ValueError: boom" in capsys.readouterr().err  # held back, shown on failure
+    monkeypatch.setattr(flwr_entry, "SCRIPT", tmp_path / "missing.sh")
+    with pytest.raises(ValueError, match="needs fedlottery's source tree"):
+        flwr_entry.check_flwr_entry()
