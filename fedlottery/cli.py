@@ -254,9 +254,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from fedlottery.report import report
+    from fedlottery.seeds import is_seeds_dir, seed_plots, seed_table, summaries
 
-    print(report([Path(d) for d in args.dirs], Path(args.plots) if args.plots else None))
+    dirs = [Path(d) for d in args.dirs]
+    if len(dirs) == 1 and is_seeds_dir(dirs[0]):  # `--seeds` output, e.g. seeds run by separate processes
+        table = seed_table(dirs[0], args.baseline)
+        (dirs[0] / "table.md").write_text(f"seeds {sorted(summaries(dirs[0]))}\n\n{table}\n")
+        print(table)
+        print("\nplots: " + ", ".join(str(p) for p in seed_plots(dirs[0])))
+        return 0
+    print(report(dirs, Path(args.plots) if args.plots else None))
     return 0
+
 
 
 def cmd_strategies(args: argparse.Namespace) -> int:
@@ -304,8 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     rep = sub.add_parser("report", help="markdown table and PNG plots across federated run directories")
-    rep.add_argument("dirs", nargs="+", help="run directories holding rounds.csv and summary.json")
+    rep.add_argument("dirs", nargs="+", help="run directories holding rounds.csv and summary.json, or one "
+                                             "--seeds directory (its table over seeds and seed plots)")
     rep.add_argument("--plots", help="where to write the PNGs (default: the first directory)")
+    rep.add_argument("--baseline", help="for a --seeds directory (seed<S>/ inside): the strategy paired "
+                                        "differences are taken against (default fedavg)")
     rep.set_defaults(func=cmd_report)
 
     cmp = sub.add_parser("compare", help="run every strategy on one partition, model and seed; one table + plots")

@@ -41,6 +41,12 @@ def run_seeds(cfg, out: Path, seeds: list[int], run: Callable, resume: bool = Fa
         run(one, where, resume=resume and (where / CHECKPOINT_FILE).exists())
 
 
+def is_seeds_dir(out: Path) -> bool:
+    """A `--seeds` output directory: no run of its own, at least one finished seed<S>/ inside."""
+    out = Path(out)
+    return out.is_dir() and not (out / "summary.json").exists() and bool(summaries(out))
+
+
 def summaries(out: Path) -> dict[int, dict]:
     """seed -> summary.json of every finished seed directory under `out`."""
     found = {}
@@ -139,7 +145,13 @@ def seed_plots(out: Path) -> list[Path]:
         if accs:
             (am, asd), (mm, msd) = _mean_std(accs), _mean_std(mib)
             ax.errorbar([mm], [am], xerr=[msd], yerr=[asd], fmt="o", capsize=4, color=colours[name], label=name)
-    ax.set(xlabel="MiB communicated (up + down), mean ± std", ylabel="final personalised accuracy (%)",
+        tuned = [100 * s["strategies"][name]["finetuned_acc_final"] for s in runs.values()
+                 if name in s["strategies"] and s["strategies"][name].get("finetuned_acc_final") is not None]
+        if tuned:  # the same method's clients after fine-tuning what they were sent: hollow, same colour
+            (tm, tsd), (mm, msd) = _mean_std(tuned), _mean_std(mib)
+            ax.errorbar([mm], [tm], xerr=[msd], yerr=[tsd], fmt="o", mfc="none", capsize=4, color=colours[name])
+    ax.set(xlabel="MiB communicated (up + down), mean ± std",
+           ylabel="final personalised accuracy (%)\n(filled: as sent; hollow: fine-tuned)",
            title=f"{out.name}: accuracy against communication")
     _finish(fig, ax, paths[1])
     fig, ax = plt.subplots(figsize=(7, 4.5))

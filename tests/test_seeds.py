@@ -55,3 +55,25 @@ def test_run_with_seeds_writes_one_directory_per_seed_and_the_table(tmp_path):
     again = subprocess.run([sys.executable, "-m", "fedlottery.cli", "run", str(config), "--out", str(out),
                             "--seeds", "0,1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "--overwrite" in again.stderr  # results are never mixed silently
+
+
+def test_report_on_a_seeds_directory_gives_the_table_and_plots_over_seeds(tmp_path, capsys):
+    from fedlottery.cli import main
+
+    for seed, (a, b) in {0: (0.80, 0.70), 1: (0.90, 0.76)}.items():
+        d = tmp_path / f"seed{seed}"
+        d.mkdir()
+        summary = _summary({"fedavg": b, "mine": a}, {"fedavg": 100, "mine": 25})
+        summary["strategies"]["mine"]["finetuned_acc_final"] = a + 0.05
+        (d / "summary.json").write_text(json.dumps(summary))
+        (d / "rounds.csv").write_text("round,strategy,personalized_acc_mean\n"
+                                      f"1,fedavg,{b}\n1,mine,{a}\n")
+        (d / "clients.csv").write_text(f"strategy,final_acc\nfedavg,{b}\nmine,{a}\n")
+    assert main(["report", str(tmp_path), "--baseline", "mine"]) == 0
+    table = (tmp_path / "table.md").read_text()
+    assert table.startswith("seeds [0, 1]") and "Δ personalised vs mine (paired)" in table
+    assert "| fedavg | 0,1 | 73.00 ± 4.24 |" in capsys.readouterr().out
+    assert (tmp_path / "frontier_seeds.png").stat().st_size > 1000
+    (tmp_path / "seed0" / "summary.json").unlink()
+    (tmp_path / "seed1" / "summary.json").unlink()
+    assert main(["report", str(tmp_path)]) == 2  # neither a run nor a seeds directory: an error, not a table
