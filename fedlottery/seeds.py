@@ -142,13 +142,14 @@ def seed_plots(out: Path) -> list[Path]:
                 if name in s["strategies"] and s["strategies"][name]["personalized_acc_final"] is not None]
         mib = [(s["strategies"][name]["bytes_up"] + s["strategies"][name]["bytes_down"]) / MB
                for s in runs.values() if name in s["strategies"]]
+        mm, msd = _mean_std(mib) if mib else (0.0, 0.0)
         if accs:
-            (am, asd), (mm, msd) = _mean_std(accs), _mean_std(mib)
+            am, asd = _mean_std(accs)
             ax.errorbar([mm], [am], xerr=[msd], yerr=[asd], fmt="o", capsize=4, color=colours[name], label=name)
         tuned = [100 * s["strategies"][name]["finetuned_acc_final"] for s in runs.values()
                  if name in s["strategies"] and s["strategies"][name].get("finetuned_acc_final") is not None]
         if tuned:  # the same method's clients after fine-tuning what they were sent: hollow, same colour
-            (tm, tsd), (mm, msd) = _mean_std(tuned), _mean_std(mib)
+            tm, tsd = _mean_std(tuned)
             ax.errorbar([mm], [tm], xerr=[msd], yerr=[tsd], fmt="o", mfc="none", capsize=4, color=colours[name])
     ax.set(xlabel="MiB communicated (up + down), mean ± std",
            ylabel="final personalised accuracy (%)\n(filled: as sent; hollow: fine-tuned)",
