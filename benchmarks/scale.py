@@ -9,9 +9,10 @@ actors are all descendants of the driver). The compute floor is measured in the 
 one thread, LotteryFL's CNN on MNIST test images at its best batch size and memory format, divided by the
 number of cores (one client actor per core), for the naive work: every client's own test images, one forward
 pass each. The `--labels-eval` rows test 400 clients on every test image of their labels (~76 clients per
-image): LotteryFL's clients each hold their own ticket, so that work is real; FedAvg's clients all hold theta_g,
-which each actor scores once on the whole test set (fedlottery.shared_evaluation), so its fraction of that
-floor can pass 1.
+image): `local`'s clients each hold a model of their own (every tensor personal), so none of that work can be
+shared and the row measures the naive floor; FedAvg's clients all hold theta_g, which each actor scores once on
+the whole test set (fedlottery.shared_evaluation), so its fraction of that floor can pass 1. (LotteryFL is no
+naive-work row after a few rounds: a client that has not pruned yet holds theta_g too, and shares it.)
 
     python benchmarks/scale.py                      # 100, 1000, 10000 -> benchmarks/results/scale.csv / .md
     python benchmarks/scale.py --clients 100,1000   # a subset
@@ -168,9 +169,9 @@ def main() -> None:
     parser.add_argument("--labels-eval", type=int, default=400,
                         help="also this many clients tested on every test image of their labels (compute-bound "
                              "evaluation, LotteryFL's Table-2 test sets); 0: skip")
-    parser.add_argument("--labels-strategies", default="lotteryfl,fedavg",
-                        help="the strategies of the --labels-eval rows: LotteryFL tests every client on its own "
-                             "ticket; FedAvg's clients share theta_g, scored once per actor "
+    parser.add_argument("--labels-strategies", default="local,fedavg",
+                        help="the strategies of the --labels-eval rows: local tests every client on a model of "
+                             "its own (the naive work); FedAvg's clients share theta_g, scored once per actor "
                              "(fedlottery.shared_evaluation)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one population, JSON to stdout
     parser.add_argument("--test", default="matched", help=argparse.SUPPRESS)
