@@ -563,9 +563,13 @@ class EvaluationConfig:
     global_model: bool = True  # also the (unmasked) global model on the global test set
     deployed: bool = False  # also each client's own last locally trained weights (kept on the client)
     finetune_epochs: int = 0  # > 0: also the personalised model after this many local epochs (a copy)
+    # > 0: an evaluation before the last round tests this many clients (a seeded sample, the same for every
+    # strategy of the run); the last round always tests every client. 0: every client every time.
+    sample: int = 0
 
     def validate(self, path: str) -> None:
         _check(self.every >= 1, f"{path}.every", "must be >= 1")
+        _check(self.sample >= 0, f"{path}.sample", "must be >= 0 (0: every client at every evaluation)")
         _check(self.finetune_epochs >= 0, f"{path}.finetune_epochs", "must be >= 0 (0: no fine-tuned column)")
 
 

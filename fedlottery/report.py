@@ -110,7 +110,9 @@ def _setup(config: dict) -> str:
     clients = f"{part['num_clients']} clients ({part.get('scheme', '?')})" if "num_clients" in part else ""
     rounds = f"{config['rounds']} rounds" if "rounds" in config else ""
     seed = f"seed {config['seed']}" if "seed" in config else ""
-    return ", ".join(x for x in (data["dataset"], model["name"], clients, rounds, seed) if x)
+    sample = config.get("evaluation", {}).get("sample", 0)
+    sampled = f"evaluations before the last: {sample} sampled clients" if sample else ""
+    return ", ".join(x for x in (data["dataset"], model["name"], clients, rounds, seed, sampled) if x)
 
 
 def _series(runs: list[tuple[Path, dict]]) -> list[dict]:

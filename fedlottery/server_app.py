@@ -11,6 +11,7 @@ import math
 import random
 import shutil
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -241,7 +242,7 @@ def _safe_values_bytes(record, prunable: set[str]) -> int:
 def _evaluate_round(grid, exp: Experiment, strategy: FederatedStrategy, run: StrategyRun, rnd: int) -> dict:
     """Every client's personalised model on its whole local test set, EVAL_CHUNK clients at a time (the
     driver never holds more messages than that); failures counted, never hidden."""
-    pids = sorted(strategy.setup.node_of)
+    pids = evaluation_clients(exp.cfg, sorted(strategy.setup.node_of), rnd)
     results: dict[int, dict[str, float]] = {}
     eval_bytes = 0
     for start in range(0, len(pids), EVAL_CHUNK):
@@ -268,6 +269,17 @@ def _evaluate_round(grid, exp: Experiment, strategy: FederatedStrategy, run: Str
         exp.template.load_state_dict(strategy.global_model_state())
         row["global_acc"] = round(evaluate(exp.template, (exp.dataset.x_test, exp.dataset.y_test))[1], 6)
     return row
+
+
+def evaluation_clients(cfg: FederatedConfig, pids: list[int], rnd: int) -> list[int]:
+    """The clients an evaluation at round rnd tests: all of them, or before the last round a seeded sample of
+    `evaluation.sample` (drawn from the seed and the round only, so every strategy of a run, and a resumed
+    run, tests the same clients at the same round: paired comparisons stay paired)."""
+    k = cfg.evaluation.sample
+    if k == 0 or k >= len(pids) or rnd >= cfg.rounds:
+        return list(pids)
+    generator = np.random.default_rng(zlib.crc32(f"{cfg.seed}/{rnd}/evaluation-sample".encode()))
+    return sorted(int(p) for p in generator.choice(pids, size=k, replace=False))
 
 
 def evaluation_timeout(cfg: FederatedConfig, messages: int) -> float:

@@ -23,7 +23,8 @@ def _config():
         "local": {"lr": 0.05, "epochs": 2},
         # threshold 0 opens the gate at once, so round 1 prunes and round 2 must ship no mask at all
         "strategy_options": {"lotteryfl": {"acc_threshold": 0.0, "prune_rate": 0.5, "target_density": 0.5}},
-        "evaluation": {"deployed": True, "finetune_epochs": 1},
+        # round 1 tests a seeded sample of 2 clients, the last round every client
+        "evaluation": {"deployed": True, "finetune_epochs": 1, "sample": 2},
         "simulation": {"num_cpus": 1},
     })
 
@@ -37,7 +38,8 @@ def test_simulation_runs_lotteryfl_and_fedavg(tmp_path):
         ("lotteryfl", 1), ("lotteryfl", 2), ("fedavg", 1), ("fedavg", 2)]
     assert all(r["clients"] == 2 and r["failed_train_clients"] == 0 and r.get("failed_eval_clients") in (0, None) for r in rows)
     lfl, avg = rows[:2], rows[2:]
-    # Every client evaluated; accuracy is a real fraction.
+    # Round 1's evaluation reached its sample of 2, the last round every client; accuracy is a real fraction.
+    assert [r["evaluated_clients"] for r in rows] == [2, 4, 2, 4]
     assert all(0 <= r["personalized_acc_mean"] <= 1 and 0 <= r["global_acc"] <= 1 for r in rows)
     assert all(0 <= r["deployed_acc_mean"] <= 1 and 0 <= r["finetuned_acc_mean"] <= 1 for r in rows)
     # LotteryFL pruned in round 1 (gate open) and its uplink shrank below FedAvg's dense one.
