@@ -103,6 +103,12 @@ def experiment_title(runs: list[tuple[Path, dict]]) -> str:
     return head + (f"\n{setups.pop()}" if len(setups) == 1 and "" not in setups else "")
 
 
+def sampled_note(config: dict) -> str:
+    """A title's second line when evaluations before the last tested a sample of clients (evaluation.sample)."""
+    sample = config.get("evaluation", {}).get("sample", 0)
+    return f"\nevaluations before the last: {sample} sampled clients" if sample else ""
+
+
 def _setup(config: dict) -> str:
     data, model, part = config.get("data", {}), config.get("model", {}), config.get("partition", {})
     if not (data.get("dataset") and model.get("name")):
@@ -110,9 +116,7 @@ def _setup(config: dict) -> str:
     clients = f"{part['num_clients']} clients ({part.get('scheme', '?')})" if "num_clients" in part else ""
     rounds = f"{config['rounds']} rounds" if "rounds" in config else ""
     seed = f"seed {config['seed']}" if "seed" in config else ""
-    sample = config.get("evaluation", {}).get("sample", 0)
-    sampled = f"evaluations before the last: {sample} sampled clients" if sample else ""
-    return ", ".join(x for x in (data["dataset"], model["name"], clients, rounds, seed, sampled) if x)
+    return ", ".join(x for x in (data["dataset"], model["name"], clients, rounds, seed) if x) + sampled_note(config)
 
 
 def _series(runs: list[tuple[Path, dict]]) -> list[dict]:

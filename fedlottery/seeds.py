@@ -13,6 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
+from fedlottery.report import sampled_note
 from fedlottery.results import read_csv, read_json
 
 MB = 2**20
@@ -132,7 +133,8 @@ def seed_plots(out: Path) -> list[Path]:
         ax.plot(xs, means, marker="o", color=colours[name], label=name)
         ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                         color=colours[name], alpha=0.2)
-    ax.set(xlabel="round", ylabel="personalised accuracy (%), mean ± std over seeds", title=f"{out.name}")
+    ax.set(xlabel="round", ylabel="personalised accuracy (%), mean ± std over seeds",
+           title=out.name + sampled_note(next(iter(summaries(out).values()), {}).get("config", {})))
     ax.xaxis.get_major_locator().set_params(integer=True)
     _finish(fig, ax, paths[0])
     fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -34,6 +34,6 @@ def test_a_negative_sample_is_refused_with_its_key():
 def test_plots_say_when_earlier_evaluations_were_sampled():
     config = {"data": {"dataset": "mnist"}, "model": {"name": "lotteryfl_cnn"}, "rounds": 10,
               "evaluation": {"sample": 50}}
-    assert "evaluations before the last: 50 sampled clients" in _setup(config)
+    assert "\nevaluations before the last: 50 sampled clients" in _setup(config)
     config["evaluation"]["sample"] = 0
     assert "sampled" not in _setup(config)
