@@ -115,7 +115,8 @@ def seed_plots(out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out = Path(out)
-    dirs = [seed_dir(out, seed) for seed in summaries(out)]
+    runs = summaries(out)  # read once: the seed directories, the title's config and the frontier's figures
+    dirs = [seed_dir(out, seed) for seed in runs]
     rounds = [r for d in dirs for r in read_csv(d / "rounds.csv")]
     clients = [r for d in dirs for r in read_csv(d / "clients.csv")]
     names = list(dict.fromkeys(r["strategy"] for r in rounds))
@@ -134,11 +135,10 @@ def seed_plots(out: Path) -> list[Path]:
         ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                         color=colours[name], alpha=0.2)
     ax.set(xlabel="round", ylabel="personalised accuracy (%), mean ± std over seeds",
-           title=out.name + sampled_note(next(iter(summaries(out).values()), {}).get("config", {})))
+           title=out.name + sampled_note(next(iter(runs.values()), {}).get("config", {})))
     ax.xaxis.get_major_locator().set_params(integer=True)
     _finish(fig, ax, paths[0])
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    runs = summaries(out)
     for name in names:
         accs = [100 * s["strategies"][name]["personalized_acc_final"] for s in runs.values()
                 if name in s["strategies"] and s["strategies"][name]["personalized_acc_final"] is not None]
