@@ -19,7 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedlottery import flower_client
-from fedlottery.client_state import ClientState, ClientStateStore, ContextStore, DirectoryStore
+from fedlottery.client_state import ClientState, ClientStateError, ClientStateStore, ContextStore, DirectoryStore
 from fedlottery.comm import CodecError, pack_state, unpack_state
 from fedlottery.config import FederatedConfig
 from fedlottery.experiment import experiment_from_dict
@@ -165,6 +165,8 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
     if mask_crc(mask) != int(conf["mask-crc"]):
         raise CodecError("client mask out of sync with the server's")
     Mask({n: keep for n, keep in mask.items() if n in state}).apply_(state)  # personal tensors stay as kept
+    if strategy.personal_entries:
+        _fill_personal_entries(state, mask, held_state.trained)
     personal_state = {k: theta0[k] for k in personal}
     personal_state.update(held_state.personal)
     device = device_for(cfg)
@@ -179,7 +181,8 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
         test_set = shared_test_set(config_json, device) if not personal and mask.density() == 1.0 else None
         if test_set is not None:  # a dense model without personal tensors: maybe the one every client has
             shared = (config_json, test_set, _partitions(config_json)[1][pid].test)
-        return _evaluate(message, model, mask, data, held_state, cfg, pid, tune_seed, shared)
+        tune_mask = None if strategy.personal_entries else mask  # personal entries are weights, not zeros
+        return _evaluate(message, model, tune_mask, data, held_state, cfg, pid, tune_seed, shared)
 
     generator = torch.Generator().manual_seed(zlib.crc32(f"{cfg.seed}/{server_round}/{pid}/{name}".encode()))
     instructions = {k: v for k, v in conf.items() if k not in DOWNLINK_KEYS}
@@ -190,7 +193,7 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
                             dict(held_state.personal), dict(held_state.trained))
     if update.send_state and personal:
         new_state.personal = {k: update.state[k] for k in personal}
-    if update.send_state and cfg.evaluation.deployed:
+    if update.send_state and (cfg.evaluation.deployed or strategy.personal_entries):
         new_state.trained = dict(update.state)
     store.save(name, pid, server_round, new_state)
     store.keep_only(name, pid, {int(conf["state-keep"]), version, server_round})
@@ -211,7 +214,19 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
     return reply
 
 
-def _evaluate(message: Message, model, mask: Mask, data: ClientData, held: ClientState, cfg: FederatedConfig,
+def _fill_personal_entries(state: dict[str, torch.Tensor], mask: Mask, trained: dict[str, torch.Tensor]) -> None:
+    """A `personal_entries` strategy: the entries outside the client's mask are its own last trained values."""
+    if mask.density() == 1.0:
+        return  # nothing personal yet
+    if not trained:
+        raise ClientStateError("this client holds personal entries (its mask is not dense) but no trained weights "
+                               "to take them from: its client state is incomplete")
+    for name, keep in mask.items():
+        if name in state:
+            state[name] = torch.where(keep, state[name], trained[name].to(state[name].dtype))
+
+
+def _evaluate(message: Message, model, mask: Mask | None, data: ClientData, held: ClientState, cfg: FederatedConfig,
               pid: int, tune_seed: int, shared: tuple | None = None) -> Message:
     """The personalised model on the whole local test set; optionally a fine-tuned copy of it, and the deployed
     one (the client's own last trained weights, or what it got when it has never trained).
@@ -239,10 +254,11 @@ def _evaluate(message: Message, model, mask: Mask, data: ClientData, held: Clien
     return Message(RecordDict({"model": ArrayRecord(), "metrics": MetricRecord(metrics)}), reply_to=message)
 
 
-def finetuned_accuracy(model, mask: Mask, data: ClientData, cfg: FederatedConfig, generator: torch.Generator
+def finetuned_accuracy(model, mask: Mask | None, data: ClientData, cfg: FederatedConfig, generator: torch.Generator
                        ) -> float:
     """Personalised-FL's standard baseline: a copy of the model the client was sent, trained for
-    evaluation.finetune_epochs local epochs under its mask, then tested; the client's state is untouched."""
+    evaluation.finetune_epochs local epochs under its mask (None: every weight), then tested; the client's state
+    is untouched."""
     tuned = copy.deepcopy(model)
     train(tuned, data.train, cfg.local.as_training(), generator, mask=mask, epochs=cfg.evaluation.finetune_epochs)
     return evaluate(tuned, data.test)[1]

@@ -18,6 +18,7 @@ from strategies.fedavg import FedAvgStrategy
 from strategies.fedbn import FedBNStrategy
 from strategies.fedltn import FedLTNStrategy
 from strategies.fedpm import FedPMStrategy
+from strategies.fedselect import FedSelectStrategy
 from strategies.flash import FlashJMWSTStrategy, FlashSPDSTStrategy, HeteroFlashStrategy
 from strategies.flower import flower_strategy, is_flower_name
 from strategies.local import LocalStrategy
@@ -27,7 +28,7 @@ from strategies.options import check_config, options_for, uses_validation
 ENTRY_POINT_GROUP = "fedlottery.strategies"
 _BUILTIN: dict[str, type[FederatedStrategy]] = {cls.name: cls for cls in (
     FedAvgStrategy, LotteryFLStrategy, FedLTNStrategy, FlashSPDSTStrategy, FlashJMWSTStrategy,
-    HeteroFlashStrategy, CELLStrategy, FedBNStrategy, LocalStrategy, FedPMStrategy,
+    HeteroFlashStrategy, CELLStrategy, FedBNStrategy, LocalStrategy, FedPMStrategy, FedSelectStrategy,
 )}
 _registered: dict[str, type[FederatedStrategy]] = {}
 

@@ -143,7 +143,8 @@ class FederatedStrategy(Strategy):
     `personal_tensors` is `personal_names` given every tensor name (a strategy that keeps all, or every
     non-prunable tensor, home needs them); `communicates = False` says a real deployment would send nothing
     at all (local training only), so the meter counts no bytes; `ClientUpdate.upload` sends something other
-    than the model the client keeps.
+    than the model the client keeps; `personal_entries = True` says the entries outside a client's mask are
+    its own weights (kept from its last training, never sent), not zeros (FedSelect).
     """
 
     name: ClassVar[str] = ""
@@ -151,6 +152,7 @@ class FederatedStrategy(Strategy):
     broadcast: ClassVar[bool] = False
     communicates: ClassVar[bool] = True
     regrows: ClassVar[bool] = False
+    personal_entries: ClassVar[bool] = False
     max_abs_value: ClassVar[float] = 1e6  # larger uploaded values are rejected as diverged or forged
     metric_bounds: ClassVar[dict[str, tuple[float, float]]] = {}
     BASE_METRICS: ClassVar[dict[str, tuple[float, float]]] = {"mask-changed": (0.0, 1.0)}
