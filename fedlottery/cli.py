@@ -268,6 +268,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from fedlottery.merge import merge
+
+    for line in merge(Path(args.source), Path(args.into), args.replace):
+        print(line)
+    print(f"\ntables and plots: fedlottery report {args.into}")
+    return 0
+
+
 def cmd_strategies(args: argparse.Namespace) -> int:
     from strategies import available
 
@@ -325,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "runs/compare_<config name>")
     cmp.add_argument("--strategies", type=_names, help="comma-separated subset (default: every installed one)")
     cmp.set_defaults(func=cmd_compare)
+
+    mrg = sub.add_parser("merge", help="add a run's strategies to a recorded run of the same config")
+    mrg.add_argument("source", help="a finished run directory (or a --seeds directory: merged seed by seed)")
+    mrg.add_argument("into", help="the recorded run directory (or --seeds directory) that takes them in")
+    mrg.add_argument("--replace", action="store_true", help="take the source's rows for a strategy both hold")
+    mrg.set_defaults(func=cmd_merge)
 
     strat = sub.add_parser("strategies", help="list the installed federated strategies")
     strat.set_defaults(func=cmd_strategies)

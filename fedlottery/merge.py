@@ -1,0 +1,102 @@
+"""Adding one run's strategies to a recorded run of the same experiment (`fedlottery merge SOURCE INTO`).
+
+A record grows strategy by strategy: a method added later (or one run again) is run alone with `fedlottery
+compare CONFIG --strategies NAME --seeds S`, then merged into the record, so the record's table compares it
+on the same partitions, θ0 and sampling. Merging is safe only between runs of one experiment, so the two
+configs must match in everything but the strategy list. Only strategies the source *finished* (those in
+its summary.json) are taken; rows a killed run left behind for an unfinished strategy, in either directory,
+are dropped, so the merged CSVs hold exactly the strategies of the merged summary. Files are replaced
+atomically, one at a time, summary last. Two `--seeds` directories merge seed by seed.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from fedlottery.config import FederatedConfig, from_dict, to_dict
+from fedlottery.errors import ConfigError
+from fedlottery.results import read_json, write_json
+from fedlottery.seeds import SEED_DIR
+
+ROW_FILES = ("rounds.csv", "clients.csv")
+
+
+def merge(source: Path, into: Path, replace: bool = False) -> list[str]:
+    """Merge `source` into `into` (two run directories, or two `--seeds` directories seed by seed); returns
+    one line per run directory merged."""
+    source, into = Path(source), Path(into)
+    if (source / "summary.json").is_file():
+        return [merge_run(source, into, replace)]
+    seeds = sorted(d.name for d in source.iterdir() if SEED_DIR.match(d.name) and (d / "summary.json").is_file()) \
+        if source.is_dir() else []
+    if not seeds:
+        raise ConfigError(f"{source}: no summary.json and no finished seed<S>/ directory inside: nothing to merge")
+    return [merge_run(source / name, into / name, replace) for name in seeds]
+
+
+def merge_run(source: Path, into: Path, replace: bool = False) -> str:
+    """Merge the finished strategies of run directory `source` into run directory `into`."""
+    for where in (source, into):
+        if not (where / "summary.json").is_file():
+            raise ConfigError(f"{where}: no summary.json (not a finished run directory)")
+    theirs, ours = read_json(source / "summary.json"), read_json(into / "summary.json")
+    _check_same_experiment(theirs["config"], ours["config"], source, into)
+    added = list(theirs["strategies"])
+    clash = [s for s in added if s in ours["strategies"]]
+    if clash and not replace:
+        raise ConfigError(f"{into} already holds {', '.join(clash)}; pass --replace to take {source}'s instead")
+    kept = [s for s in ours["strategies"] if s not in added]
+    for name in ROW_FILES:
+        _merge_rows(source / name, into / name, kept, added)
+    ours["strategies"] = {**{s: ours["strategies"][s] for s in kept}, **theirs["strategies"]}
+    ours["config"]["strategies"] = list(ours["strategies"])
+    ours["config"]["strategy_options"] = {**ours["config"].get("strategy_options", {}),
+                                          **{k: v for k, v in theirs["config"].get("strategy_options", {}).items()
+                                             if k in added}}
+    write_json(into / "summary.json", ours)
+    return f"{into}: added {', '.join(added)} from {source}" + (f" (replaced {', '.join(clash)})" if clash else "")
+
+
+def _check_same_experiment(theirs: dict, ours: dict, source: Path, into: Path) -> None:
+    """Equal but for the strategy list and options (each strategy's rows come from the run that ran it), both
+    read by this version (so a setting one of them predates counts at its default)."""
+    theirs, ours = _as_read_now(theirs), _as_read_now(ours)
+    ignored = ("strategies", "strategy_options")
+    differing = sorted(k for k in set(theirs) | set(ours) if k not in ignored and theirs.get(k) != ours.get(k))
+    if differing:
+        raise ConfigError(f"{source} and {into} are different experiments (config differs in "
+                          f"{', '.join(differing)}); only runs of one config merge")
+
+
+def _as_read_now(config: dict) -> dict:
+    return to_dict(from_dict(FederatedConfig, config, "config"))
+
+
+def _merge_rows(source: Path, into: Path, kept: list[str], added: list[str]) -> None:
+    """`into`'s rows of the kept strategies, then `source`'s rows of the added ones; headers must match."""
+    header, ours = _read(into)
+    their_header, theirs = _read(source)
+    if their_header != header:
+        raise ConfigError(f"{source.name}: {source} and {into} have different columns (made by different "
+                          "fedlottery versions?); re-run one of them")
+    column = header.index("strategy")
+    rows = [r for r in ours if r[column] in kept] + [r for r in theirs if r[column] in added]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    tmp = into.with_suffix(into.suffix + ".tmp")
+    with tmp.open("w", newline="") as f:  # the csv module's own line ends, as CsvLog writes them
+        f.write(buffer.getvalue())
+    tmp.replace(into)
+
+
+def _read(path: Path) -> tuple[list[str], list[list[str]]]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found (a finished run directory holds {' and '.join(ROW_FILES)})")
+    with path.open(newline="") as f:
+        lines = list(csv.reader(f))
+    if not lines or "strategy" not in lines[0]:
+        raise ConfigError(f"{path}: no header with a strategy column")
+    return lines[0], lines[1:]

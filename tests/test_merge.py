@@ -1,0 +1,93 @@
+"""`fedlottery merge`: a strategy run later joins a recorded run of the same experiment, and nothing else does."""
+import copy
+
+import pytest
+
+from fedlottery.cli import main
+from fedlottery.config import FederatedConfig, from_dict, to_dict
+from fedlottery.errors import ConfigError
+from fedlottery.merge import merge
+from fedlottery.results import CsvLog, read_csv, read_json, write_json
+
+ROUND_COLUMNS = ["round", "strategy", "seed", "personalized_acc_mean"]
+CLIENT_COLUMNS = ["strategy", "seed", "partition_id", "final_acc"]
+
+
+def _config(**changes) -> dict:
+    data = {"seed": 0, "strategies": ["fedavg"], "rounds": 2, "clients_per_round": 2, "data": {"dataset": "digits"},
+            "partition": {"num_clients": 4}}
+    data.update(changes)
+    return to_dict(from_dict(FederatedConfig, data))
+
+
+def _run(where, finished, unfinished=(), config=None, acc=0.5):
+    """A run directory as a run leaves it: rows of every strategy it started, summary of those it finished."""
+    where.mkdir(parents=True)
+    rounds, clients = CsvLog(where / "rounds.csv", ROUND_COLUMNS), CsvLog(where / "clients.csv", CLIENT_COLUMNS)
+    for name in [*finished, *unfinished]:
+        for rnd in (1, 2):
+            rounds.append({"round": rnd, "strategy": name, "seed": 0, "personalized_acc_mean": acc})
+        clients.append({"strategy": name, "seed": 0, "partition_id": 0, "final_acc": acc})
+    config = copy.deepcopy(config or _config())
+    config["strategies"] = [*finished, *unfinished]
+    write_json(where / "summary.json", {"config": config, "strategies": {n: {"acc": acc} for n in finished}})
+    return where
+
+
+def test_adds_the_finished_strategies_and_drops_unfinished_rows_on_both_sides(tmp_path):
+    into = _run(tmp_path / "record", ["fedavg", "fedbn"], unfinished=["fedpm"], acc=0.5)
+    source = _run(tmp_path / "new", ["fedselect"], unfinished=["flash-jmwst"],
+                  config=_config(strategy_options={"fedselect": {"grow_rate": 0.3}}), acc=0.9)
+    lines = merge(source, into)
+    assert lines == [f"{into}: added fedselect from {source}"]
+    rows = read_csv(into / "rounds.csv")
+    assert [(r["strategy"], r["round"]) for r in rows] == [
+        ("fedavg", 1), ("fedavg", 2), ("fedbn", 1), ("fedbn", 2), ("fedselect", 1), ("fedselect", 2)]
+    assert [r["final_acc"] for r in read_csv(into / "clients.csv")] == [0.5, 0.5, 0.9]
+    summary = read_json(into / "summary.json")
+    assert list(summary["strategies"]) == ["fedavg", "fedbn", "fedselect"]
+    assert summary["config"]["strategies"] == ["fedavg", "fedbn", "fedselect"]
+    assert summary["config"]["strategy_options"]["fedselect"] == {"grow_rate": 0.3}
+    assert (into / "rounds.csv").read_bytes().count(b"\r\n") == 7  # the line ends CsvLog writes
+
+
+def test_refuses_another_experiment_naming_the_setting(tmp_path):
+    into = _run(tmp_path / "record", ["fedavg"])
+    source = _run(tmp_path / "new", ["fedbn"], config=_config(rounds=3))
+    before = (into / "rounds.csv").read_bytes()
+    with pytest.raises(ConfigError, match="differs in rounds"):
+        merge(source, into)
+    assert (into / "rounds.csv").read_bytes() == before
+
+
+def test_a_setting_one_run_predates_counts_at_its_default(tmp_path):
+    old = _config()
+    del old["evaluation"]["sample"]  # a record made before evaluation.sample existed
+    into = _run(tmp_path / "record", ["fedavg"], config=old)
+    merge(_run(tmp_path / "new", ["fedbn"]), into)
+    assert list(read_json(into / "summary.json")["strategies"]) == ["fedavg", "fedbn"]
+
+
+def test_a_strategy_both_hold_needs_replace(tmp_path):
+    into = _run(tmp_path / "record", ["fedavg", "fedbn"], acc=0.5)
+    source = _run(tmp_path / "new", ["fedbn"], acc=0.9)
+    with pytest.raises(ConfigError, match="already holds fedbn; pass --replace"):
+        merge(source, into)
+    assert merge(source, into, replace=True)[0].endswith("(replaced fedbn)")
+    rows = read_csv(into / "rounds.csv")
+    assert [(r["strategy"], r["personalized_acc_mean"]) for r in rows if r["round"] == 1] == [
+        ("fedavg", 0.5), ("fedbn", 0.9)]
+
+
+def test_seeds_directories_merge_seed_by_seed_through_the_cli(tmp_path, capsys):
+    for seed in (0, 1):
+        _run(tmp_path / "record" / f"seed{seed}", ["fedavg"])
+        _run(tmp_path / "new" / f"seed{seed}", ["fedselect"])
+    assert main(["merge", str(tmp_path / "new"), str(tmp_path / "record")]) == 0
+    out = capsys.readouterr().out
+    assert "seed0: added fedselect" in out and "seed1: added fedselect" in out
+    for seed in (0, 1):
+        assert list(read_json(tmp_path / "record" / f"seed{seed}" / "summary.json")["strategies"]) == [
+            "fedavg", "fedselect"]
+    assert main(["merge", str(tmp_path / "nowhere"), str(tmp_path / "record")]) == 2
+    assert "nothing to merge" in capsys.readouterr().err
