@@ -265,12 +265,13 @@ def test_local_model_persists_and_improves_over_rounds(tmp_path, flower_run, mon
 @pytest.mark.slow
 @needs_client_app
 @needs_server_app
-def test_fedbn_local_and_fedpm_run_in_a_real_simulation(tmp_path):
+def test_fedbn_local_fedpm_and_fedselect_run_in_a_real_simulation(tmp_path):
     from fedlottery.results import read_csv
     from fedlottery.simulation import run_federated
 
-    cfg = small_config(["fedbn", "local", "fedpm"], clients_per_round=2,
-                       evaluation={"every": 2, "deployed": True, "finetune_epochs": 1})
+    cfg = small_config(["fedbn", "local", "fedpm", "fedselect"], clients_per_round=2,
+                       evaluation={"every": 2, "deployed": True, "finetune_epochs": 1},
+                       strategy_options={"fedselect": {"grow_rate": 0.5}})
     summary = run_federated(cfg, tmp_path, log=lambda _: None)
     assert all(s["failures"] == [] for s in summary["strategies"].values()), summary
     rows = read_csv(tmp_path / "rounds.csv")
@@ -290,6 +291,9 @@ def test_fedbn_local_and_fedpm_run_in_a_real_simulation(tmp_path):
     for row in by["fedpm"]:
         assert row["values_bytes_up"] == 0
         assert row["bytes_up"] < 2 * (n / 8) + 4096 and row["bytes_down"] > 2 * 4 * n
+    # FedSelect: half of each layer's weights turn personal at a client's first round, and never travel again
+    assert by["fedselect"][0]["values_bytes_up"] < 0.6 * by["fedbn"][0]["values_bytes_up"]
+    assert by["fedselect"][-1]["density_mean"] < 1.0
     for name in cfg.strategies:
         final = by[name][-1]
         assert 0 <= final["personalized_acc_mean"] <= 1 and 0 <= final["deployed_acc_mean"] <= 1
