@@ -39,6 +39,13 @@ from strategies.replies import (
 DENSITY_SLACK = 1e-3  # per-layer rounding when a prune step is clamped to its target
 
 
+def one_step_floor(sent: Mask, rate: float, target: float) -> float:
+    """The lowest mask density an honest client can upload after one step removing `rate` of `sent`'s kept
+    entries, clamped at `target` (reply check `min_density`; less the per-layer rounding slack)."""
+    one_step = sent.density() * (1 - rate)
+    return max(one_step, min(sent.density(), target)) - DENSITY_SLACK
+
+
 @dataclass
 class NoOptions:
     """A strategy without options of its own."""

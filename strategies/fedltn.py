@@ -22,7 +22,7 @@ from fedlottery.errors import ConfigError
 from fedlottery.models import clone_state
 from fedlottery.sparsity import Mask, magnitude_prune
 from fedlottery.training import evaluate, train
-from strategies.base import DENSITY_SLACK, ClientTask, ClientUpdate, FederatedStrategy, Reply, ServerSetup
+from strategies.base import ClientTask, ClientUpdate, FederatedStrategy, Reply, ServerSetup, one_step_floor
 
 
 @dataclass
@@ -62,8 +62,7 @@ class FedLTNStrategy(FederatedStrategy):
 
     def min_density(self, partition_id: int, sent: Mask) -> float:
         """One pruning step per round, clamped at the target."""
-        one_step = sent.density() * (1 - self.options.prune_rate)
-        return max(one_step, min(sent.density(), self.options.target_density)) - DENSITY_SLACK
+        return one_step_floor(sent, self.options.prune_rate, self.options.target_density)
 
     @classmethod
     def personal_names(cls, options: Any, batchnorm: list[str]) -> frozenset[str]:

@@ -31,7 +31,7 @@ from fedlottery.errors import ConfigError
 from fedlottery.models import clone_state
 from fedlottery.sparsity import Mask, magnitude_prune
 from fedlottery.training import train
-from strategies.base import DENSITY_SLACK, ClientTask, ClientUpdate, FederatedStrategy, Reply
+from strategies.base import ClientTask, ClientUpdate, FederatedStrategy, Reply, one_step_floor
 
 
 @dataclass
@@ -65,8 +65,7 @@ class FedSelectStrategy(FederatedStrategy):
 
     def min_density(self, partition_id: int, sent: Mask) -> float:
         """One growth step per round, clamped at the shared floor."""
-        one_step = sent.density() * (1 - self.options.grow_rate)
-        return max(one_step, min(sent.density(), 1 - self.options.max_personal)) - DENSITY_SLACK
+        return one_step_floor(sent, self.options.grow_rate, 1 - self.options.max_personal)
 
     @classmethod
     def personal_names(cls, options: Any, batchnorm: list[str]) -> frozenset[str]:

@@ -17,7 +17,7 @@ from fedlottery.models import clone_state
 from fedlottery.sparsity import MaskedParameters, magnitude_prune
 from fedlottery.training import evaluate, train
 from fedlottery.sparsity import Mask
-from strategies.base import DENSITY_SLACK, ClientTask, ClientUpdate, FederatedStrategy, Reply
+from strategies.base import DENSITY_SLACK, ClientTask, ClientUpdate, FederatedStrategy, Reply, one_step_floor
 
 
 @dataclass
@@ -47,9 +47,9 @@ class LotteryFLStrategy(FederatedStrategy):
 
     def min_density(self, partition_id: int, sent: Mask) -> float:
         """One pruning step per round, clamped at the target unless the authors' overshoot is on."""
-        one_step = sent.density() * (1 - self.options.prune_rate)
-        floor = one_step if self.options.overshoot else max(one_step, min(sent.density(), self.options.target_density))
-        return floor - DENSITY_SLACK
+        if self.options.overshoot:
+            return sent.density() * (1 - self.options.prune_rate) - DENSITY_SLACK
+        return one_step_floor(sent, self.options.prune_rate, self.options.target_density)
 
     @classmethod
     def client_train(cls, task: ClientTask) -> ClientUpdate:
