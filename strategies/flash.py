@@ -16,7 +16,9 @@
 Local training uses the round's learning rate lr * (lr_final / lr) ** (round / lr_decay_rounds), capped at
 lr_final (the paper: 0.1 -> 1e-3 by round 1000, SGD without momentum; set `local` accordingly).
 Aggregation: the (sample-weighted) mean with pruned entries as zeros, or the masked mean over holders.
-The global model evaluated on the global test set is theta_g under the (densest) server mask.
+`personal_bn: true` (not in the paper; a candidate for issue 12) keeps every BatchNorm tensor on its client, as
+FedBN does, so that the question "does FLASH's sparse mask cost accuracy once BatchNorm is personal?" can be
+asked on the same models. The global model evaluated on the global test set is theta_g under the (densest) server mask.
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ class FlashOptions:
     weighted: bool = True  # weight clients by sample count
     lr_final: float | None = None  # e.g. 1e-3: decay local lr exponentially to this by lr_decay_rounds
     lr_decay_rounds: int = 1000
+    personal_bn: bool = False  # keep BatchNorm weights and statistics on each client (FedBN's rule; not the paper)
 
     def validate(self, path: str) -> None:
         checks = {
@@ -92,6 +95,10 @@ class _Flash(FederatedStrategy):
     searches_masks = False  # clients run prune-and-regrow in mask-search rounds (JMWST)
     regrows = True  # prune-and-regrow moves weights outside the mask sent, within its budget
     metric_bounds = {"density": (0.0, 1.0), "hunted-density": (0.0, 1.0), DENSITY_PREFIX + "*": (0.0, 1.0)}
+
+    @classmethod
+    def personal_names(cls, options: Any, batchnorm: list[str]) -> frozenset[str]:
+        return frozenset(batchnorm) if options.personal_bn else frozenset()
 
     def expects_upload(self, partition_id: int, server_round: int) -> bool:
         """Hunters report layer densities only."""
@@ -165,10 +172,12 @@ class _Flash(FederatedStrategy):
             self.finish_hunt(replies)
             return
         uploads = self.uploads(replies, self.options.weighted)
+        previous = self.global_state
         if self.options.aggregation == "mean":
-            self.global_state = mean(self.global_state, uploads)
+            averaged = mean(previous, uploads)
         else:
-            self.global_state = masked_mean(self.global_state, uploads, self.setup.prunable)
+            averaged = masked_mean(previous, uploads, self.setup.prunable)
+        self.global_state = {n: (previous[n] if n in self.personal else t) for n, t in averaged.items()}
         self.update_masks(server_round, replies)
 
     def finish_hunt(self, replies: list[Reply]) -> None:

@@ -173,6 +173,22 @@ def test_fedbn_batchnorm_never_travels_and_survives_on_each_client(tmp_path, flo
     assert all(0.0 <= r["test-acc"] <= 1.0 for r in results.values())
 
 
+def test_flash_with_personal_bn_never_sends_batchnorm_and_keeps_each_clients_own(tmp_path, flower_run):
+    options = {"flash-jmwst": {"density": 0.5, "hunt_fraction": 0.5, "hunt_epochs": 1, "personal_bn": True}}
+    fed = Federation(tmp_path, "flash-jmwst", small_config(["flash-jmwst"], strategy_options=options))
+    bn, theta0 = fed.setup.batchnorm, fed.setup.theta0
+    assert fed.strategy.personal == frozenset(bn)
+    for rnd in (1, 2, 3):  # the hunt, then a mask-search round and another
+        messages, replies = fed.train(rnd)
+        for packet in [m.content for m in messages] + [r.content for r in replies]:
+            assert not set(packet["model"]) & set(bn)
+        assert all(torch.equal(fed.strategy.global_state[n], theta0[n]) for n in bn)  # never overwritten
+    kept = {pid: fed.stored(pid).personal for pid in range(4)}
+    assert all(set(kept[pid]) == set(bn) for pid in range(4))
+    assert not torch.equal(kept[0][bn[0]], kept[1][bn[0]])  # each client its own statistics
+    assert not torch.equal(kept[0][bn[0]], theta0[bn[0]])
+
+
 def test_fedbn_rejects_a_nan_upload_and_a_batchnorm_upload(tmp_path, flower_run):
     fed = Federation(tmp_path, "fedbn", small_config(["fedbn"]))
     strategy = fed.strategy
