@@ -119,7 +119,7 @@ def _federated_job(args: argparse.Namespace, out_prefix: str = "", strategies: l
     from fedlottery.ray_runtime import check_resources, start_ray
     from fedlottery.server_app import RESULT_FILES
 
-    cfg = load_experiment(args.config, rounds=args.rounds, strategies=strategies)
+    cfg = load_experiment(args.config, rounds=args.rounds, strategies=strategies, settings=args.set)
     check_resources(cfg)
     out = Path(args.out or Path("runs") / f"{out_prefix}{Path(args.config).stem}")
     if args.seeds:  # one run directory per seed, and the table over them
@@ -290,6 +290,9 @@ def _federated_arguments(parser: argparse.ArgumentParser, config_help: str, defa
     parser.add_argument("config", help=config_help)
     parser.add_argument("--out", help=f"output directory (default {default_out})")
     parser.add_argument("--rounds", type=int, help="override the config's number of rounds")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config setting, value as YAML (repeatable), e.g. "
+                             "--set strategy_options.flash-jmwst.personal_bn=true --set local.lr=0.05")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     parser.add_argument("--resume", action="store_true",
                         help="go on from the checkpoint in --out (same config) after a kill or crash")

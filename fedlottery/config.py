@@ -478,6 +478,27 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+def set_dotted(data: dict, assignment: str) -> None:
+    """Apply one command-line override, "section.key=value" (the value read as YAML, so `true`, `0.3`,
+    `[a, b]` and `{k: v}` mean what they mean in the file), to a config mapping loaded by `load_yaml`. Missing
+    sections are created; unknown keys are left for `from_dict` to refuse by name."""
+    key, sep, text = assignment.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"--set {assignment!r}: write KEY=VALUE with a dotted key, e.g. "
+                          "--set strategy_options.flash-jmwst.personal_bn=true")
+    try:
+        value = yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: the value {text!r} is not valid YAML ({' '.join(str(err).split())})") from None
+    where = data
+    for depth, part in enumerate(parts[:-1]):
+        where = where.setdefault(part, {})
+        if not isinstance(where, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:depth + 1])} is a value, not a section")
+    where[parts[-1]] = value
+
+
 def load_imp_config(path: str | Path) -> ImpConfig:
     """Load and validate an IMP experiment config."""
     return from_dict(ImpConfig, load_yaml(path))

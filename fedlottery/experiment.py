@@ -22,6 +22,7 @@ from fedlottery.config import (
     ModelConfig,
     from_dict,
     load_yaml,
+    set_dotted,
 )
 
 
@@ -49,11 +50,15 @@ def check_experiment(cfg: FederatedConfig) -> FederatedConfig:
     return cfg
 
 
-def load_experiment(path: str | Path, *, rounds: int | None = None,
-                    strategies: list[str] | None = None) -> FederatedConfig:
-    """Load a federated config file and check all of it; `rounds` / `strategies` override the file's values
-    (the command line's --rounds / --strategies) before the checks run. Raises ConfigError naming the key."""
-    cfg = from_dict(FederatedConfig, load_yaml(path))
+def load_experiment(path: str | Path, *, rounds: int | None = None, strategies: list[str] | None = None,
+                    settings: list[str] = ()) -> FederatedConfig:
+    """Load a federated config file and check all of it; `settings` ("dotted.key=YAML value", the command
+    line's --set), then `rounds` / `strategies` (--rounds / --strategies) override the file's values before the
+    checks run. Raises ConfigError naming the key."""
+    data = load_yaml(path)
+    for assignment in settings:
+        set_dotted(data, assignment)
+    cfg = from_dict(FederatedConfig, data)
     if strategies is not None:
         cfg.strategies = list(strategies)
     if rounds is not None:

@@ -178,6 +178,11 @@ def test_command_line_overrides_are_checked(tmp_path, out, capsys):
     refused(capsys, out, ["run", str(path), "--out", str(out), "--rounds", "0"], "rounds: must be >= 1")
     refused(capsys, out, ["compare", str(path), "--out", str(out), "--strategies", "fedavg,fedavg"],
             "strategies[1]: 'fedavg' is listed twice")
+    refused(capsys, out, ["run", str(path), "--out", str(out), "--set", "local.lr"], "--set 'local.lr'", "KEY=VALUE")
+    refused(capsys, out, ["run", str(path), "--out", str(out), "--set", "seed.x=1"], "seed is a value, not a section")
+    refused(capsys, out, ["run", str(path), "--out", str(out), "--set", "local.lrr=0.1"], "local", "lrr")
+    refused(capsys, out, ["run", str(path), "--out", str(out), "--set", "local.lr=-1"], "local.lr")
+    refused(capsys, out, ["run", str(path), "--out", str(out), "--set", "rounds=[1"], "--set rounds", "not valid YAML")
 
 
 @pytest.mark.parametrize("strategy,index", [("lotteryfl", 0), ("fedltn", 1), ("cell", 1)])

@@ -198,3 +198,17 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("pruning: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_imp_config(bad)
+
+
+def test_command_line_settings_override_the_file_before_the_checks():
+    from strategies import options_for
+
+    cfg = load_experiment("configs/compare_cifar10.yaml", strategies=["flash-jmwst"], settings=[
+        "strategy_options.flash-jmwst.personal_bn=true", "local.lr=0.2", "evaluation.finetune_epochs=0",
+        "strategy_options.fedpm={}"])
+    options = options_for(cfg, "flash-jmwst")
+    assert options.personal_bn is True and options.density == 0.3  # the file's other options kept
+    assert cfg.local.lr == 0.2 and cfg.local.epochs == 2
+    assert cfg.evaluation.finetune_epochs == 0 and cfg.strategies == ["flash-jmwst"]
+    with pytest.raises(ConfigError, match="personal_bn"):  # a value of the wrong type is refused by name
+        load_experiment("configs/compare_cifar10.yaml", settings=["strategy_options.flash-jmwst.personal_bn=[1]"])
