@@ -18,7 +18,10 @@ lr_final (the paper: 0.1 -> 1e-3 by round 1000, SGD without momentum; set `local
 Aggregation: the (sample-weighted) mean with pruned entries as zeros, or the masked mean over holders.
 `personal_bn: true` (not in the paper; a candidate for issue 12) keeps every BatchNorm tensor on its client, as
 FedBN does, so that the question "does FLASH's sparse mask cost accuracy once BatchNorm is personal?" can be
-asked on the same models. The global model evaluated on the global test set is theta_g under the (densest) server mask.
+asked on the same models. `rescale_init: true` (not in the paper) multiplies θ0's surviving weights by
+1/sqrt(layer density) when the run restarts under the hunted mask, so each unit's input variance at θ0 matches
+the dense network's: benchmarks/sparse_trainability.py shows a random 10%-dense LeNet-5 that does not train at
+lr 0.01 without it. The global model evaluated on the global test set is theta_g under the (densest) server mask.
 """
 from __future__ import annotations
 
@@ -55,6 +58,7 @@ class FlashOptions:
     lr_final: float | None = None  # e.g. 1e-3: decay local lr exponentially to this by lr_decay_rounds
     lr_decay_rounds: int = 1000
     personal_bn: bool = False  # keep BatchNorm weights and statistics on each client (FedBN's rule; not the paper)
+    rescale_init: bool = False  # restart from theta_0 * mask / sqrt(layer density) (sparse-aware init; not the paper)
 
     def validate(self, path: str) -> None:
         checks = {
@@ -181,11 +185,15 @@ class _Flash(FederatedStrategy):
         self.update_masks(server_round, replies)
 
     def finish_hunt(self, replies: list[Reply]) -> None:
-        """Rescale the hunters' mean layer densities to the target; a fresh random mask; restart at theta_0."""
+        """Rescale the hunters' mean layer densities to the target; a fresh random mask; restart at theta_0
+        (`rescale_init`: its surviving weights scaled by 1/sqrt(layer density))."""
         densities = {n: sum(r.metrics[DENSITY_PREFIX + n] for r in replies) / len(replies) for n in self.shapes}
         counts = rescale_counts(densities, self.sizes, self.options.density)
         top = random_mask_with_counts(self.shapes, counts, self.generator)
         self.global_state = {k: v.clone() for k, v in self.setup.theta0.items()}
+        if self.options.rescale_init:
+            scale = {n: d ** -0.5 for n, d in top.layer_densities().items() if d > 0}
+            self.global_state.update({n: self.global_state[n] * s for n, s in scale.items()})
         self.set_levels(top)
         self.hunted = True
 

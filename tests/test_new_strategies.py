@@ -127,6 +127,17 @@ def test_flash_spdst_one_fixed_mask_at_exactly_the_target_density(make_setup):
     assert all(bool((global_model[n][~first[n]] == 0).all()) for n in names)
 
 
+def test_flash_rescale_init_restarts_from_theta0_scaled_by_one_over_root_density(make_setup):
+    setup = make_setup(clients=10, per_round=3)
+    strategy = FlashSPDSTStrategy(setup, FlashOptions(density=0.2, hunt_fraction=0.2, rescale_init=True))
+    _hunt(strategy, [{n: 0.3 if i == 0 else 0.1 for i, n in enumerate(setup.prunable)}] * 2)
+    densities = strategy.server_mask().layer_densities()
+    assert len(set(densities.values())) > 1  # layers at different densities, each scaled by its own
+    for name, tensor in strategy.global_state.items():
+        expected = setup.theta0[name] / math.sqrt(densities[name]) if name in densities else setup.theta0[name]
+        assert torch.allclose(tensor, expected), name
+
+
 def test_flash_jmwst_server_mask_keeps_the_target_density(make_setup):
     setup = make_setup(clients=6, per_round=3)
     strategy = FlashJMWSTStrategy(setup, FlashOptions(density=0.3, hunt_fraction=0.5, mask_interval=2))
