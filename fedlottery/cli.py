@@ -271,7 +271,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from fedlottery.merge import merge
 
-    for line in merge(Path(args.source), Path(args.into), args.replace):
+    for line in merge(Path(args.source), Path(args.into), args.replace, args.strategies):
         print(line)
     print(f"\ntables and plots: fedlottery report {args.into}")
     return 0
@@ -342,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     mrg.add_argument("source", help="a finished run directory (or a --seeds directory: merged seed by seed)")
     mrg.add_argument("into", help="the recorded run directory (or --seeds directory) that takes them in")
     mrg.add_argument("--replace", action="store_true", help="take the source's rows for a strategy both hold")
+    mrg.add_argument("--strategies", type=_names, help="comma-separated subset of the source's finished "
+                     "strategies (default: all), e.g. a record's baselines into a variant's run")
     mrg.set_defaults(func=cmd_merge)
 
     strat = sub.add_parser("strategies", help="list the installed federated strategies")

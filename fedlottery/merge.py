@@ -6,7 +6,8 @@ on the same partitions, θ0 and sampling. Merging is safe only between runs of o
 configs must match in everything but the strategy list. Only strategies the source *finished* (those in
 its summary.json) are taken; rows a killed run left behind for an unfinished strategy, in either directory,
 are dropped, so the merged CSVs hold exactly the strategies of the merged summary. Files are replaced
-atomically, one at a time, summary last. Two `--seeds` directories merge seed by seed.
+atomically, one at a time, summary last. Two `--seeds` directories merge seed by seed. `only` takes a subset,
+e.g. a record's baselines into a variant's run, so its table has their paired differences.
 """
 from __future__ import annotations
 
@@ -22,34 +23,38 @@ from fedlottery.seeds import SEED_DIR
 ROW_FILES = ("rounds.csv", "clients.csv")
 
 
-def merge(source: Path, into: Path, replace: bool = False) -> list[str]:
-    """Merge `source` into `into` (two run directories, or two `--seeds` directories seed by seed); returns
-    one line per run directory merged."""
+def merge(source: Path, into: Path, replace: bool = False, only: list[str] | None = None) -> list[str]:
+    """Merge `source` into `into` (two run directories, or two `--seeds` directories seed by seed), all of its
+    finished strategies or the `only` ones; returns one line per run directory merged."""
     source, into = Path(source), Path(into)
     if (source / "summary.json").is_file():
-        return [merge_run(source, into, replace)]
+        return [merge_run(source, into, replace, only)]
     seeds = sorted(d.name for d in source.iterdir() if SEED_DIR.match(d.name) and (d / "summary.json").is_file()) \
         if source.is_dir() else []
     if not seeds:
         raise ConfigError(f"{source}: no summary.json and no finished seed<S>/ directory inside: nothing to merge")
-    return [merge_run(source / name, into / name, replace) for name in seeds]
+    return [merge_run(source / name, into / name, replace, only) for name in seeds]
 
 
-def merge_run(source: Path, into: Path, replace: bool = False) -> str:
-    """Merge the finished strategies of run directory `source` into run directory `into`."""
+def merge_run(source: Path, into: Path, replace: bool = False, only: list[str] | None = None) -> str:
+    """Merge the finished strategies of run directory `source` (or the `only` ones) into run directory `into`."""
     for where in (source, into):
         if not (where / "summary.json").is_file():
             raise ConfigError(f"{where}: no summary.json (not a finished run directory)")
     theirs, ours = read_json(source / "summary.json"), read_json(into / "summary.json")
     _check_same_experiment(theirs["config"], ours["config"], source, into)
-    added = list(theirs["strategies"])
+    added = list(theirs["strategies"]) if only is None else list(only)
+    missing = [s for s in added if s not in theirs["strategies"]]
+    if missing:
+        raise ConfigError(f"{source} holds no finished {', '.join(missing)} (it has "
+                          f"{', '.join(theirs['strategies']) or 'none'})")
     clash = [s for s in added if s in ours["strategies"]]
     if clash and not replace:
         raise ConfigError(f"{into} already holds {', '.join(clash)}; pass --replace to take {source}'s instead")
     kept = [s for s in ours["strategies"] if s not in added]
     for name in ROW_FILES:
         _merge_rows(source / name, into / name, kept, added)
-    ours["strategies"] = {**{s: ours["strategies"][s] for s in kept}, **theirs["strategies"]}
+    ours["strategies"] = {**{s: ours["strategies"][s] for s in kept}, **{s: theirs["strategies"][s] for s in added}}
     ours["config"]["strategies"] = list(ours["strategies"])
     ours["config"]["strategy_options"] = {**ours["config"].get("strategy_options", {}),
                                           **{k: v for k, v in theirs["config"].get("strategy_options", {}).items()

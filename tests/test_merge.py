@@ -91,3 +91,19 @@ def test_seeds_directories_merge_seed_by_seed_through_the_cli(tmp_path, capsys):
             "fedavg", "fedselect"]
     assert main(["merge", str(tmp_path / "nowhere"), str(tmp_path / "record")]) == 2
     assert "nothing to merge" in capsys.readouterr().err
+
+
+def test_only_the_named_strategies_are_taken(tmp_path, capsys):
+    variant = _run(tmp_path / "variant", ["flash-jmwst"],
+                   config=_config(strategy_options={"flash-jmwst": {"personal_bn": True}}), acc=0.7)
+    record = _run(tmp_path / "record", ["fedavg", "fedbn", "flash-jmwst"], acc=0.5)
+    assert main(["merge", str(record), str(variant), "--strategies", "fedavg,fedbn"]) == 0
+    summary = read_json(variant / "summary.json")
+    assert list(summary["strategies"]) == ["flash-jmwst", "fedavg", "fedbn"]
+    assert summary["config"]["strategy_options"] == {"flash-jmwst": {"personal_bn": True}}  # the variant's own
+    assert [(r["strategy"], r["final_acc"]) for r in read_csv(variant / "clients.csv")] == [
+        ("flash-jmwst", 0.7), ("fedavg", 0.5), ("fedbn", 0.5)]
+    before = (variant / "rounds.csv").read_bytes()
+    with pytest.raises(ConfigError, match="holds no finished local"):
+        merge(record, variant, only=["fedavg", "local"])
+    assert (variant / "rounds.csv").read_bytes() == before
