@@ -41,6 +41,7 @@ def _config(rounds: int, faults: dict | None) -> Path:
     cfg = yaml.safe_load((ROOT / "configs" / "compare_mnist.yaml").read_text())
     cfg["strategies"], cfg["rounds"] = STRATEGIES, rounds
     cfg["evaluation"]["every"] = 10
+    cfg["evaluation"]["finetune_epochs"] = 0  # as recorded (compare_mnist.yaml gained a fine-tuned column later)
     cfg["simulation"]["round_timeout"] = ROUND_TIMEOUT
     if faults:
         cfg["faults"] = faults
