@@ -27,4 +27,9 @@ class ClusterError(UserError, RuntimeError):
     """The configured Ray cluster cannot be reached or cannot give what the run needs."""
 
 
-__all__ = ["UserError", "ConfigError", "DataNotFoundError", "DataCorruptError", "ClusterError"]
+class WorkersLost(UserError, RuntimeError):
+    """Ray lost client workers mid-run (killed for memory, crashed): the run stops before using that round, so
+    its checkpoint is intact and `--resume` goes on once the cause is fixed."""
+
+
+__all__ = ["UserError", "ConfigError", "DataNotFoundError", "DataCorruptError", "ClusterError", "WorkersLost"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import shutil
 import time
 import zlib
@@ -19,6 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
 from fedlottery.checkpoint import CHECKPOINT_FILE, file_sizes, load_checkpoint, save_checkpoint, truncate_to
@@ -26,6 +28,7 @@ from fedlottery.comm import ByteMeter, CodecError, broadcast_bytes, content_byte
 from fedlottery.config import ConfigError, FederatedConfig, to_dict
 from fedlottery.experiment import load_experiment
 from fedlottery.data import describe, load_dataset, make_partitions
+from fedlottery.errors import WorkersLost
 from fedlottery.models import batchnorm_names, build_model, clone_state, prunable_names
 from fedlottery.results import CsvLog, Progress, partition_table, stderr_log, write_json
 from fedlottery.training import evaluate
@@ -42,6 +45,8 @@ ROUND_COLUMNS = [
 CLIENT_COLUMNS = ["strategy", "seed", "partition_id", "final_acc", "best_acc", "density"]
 RESULT_FILES = ("rounds.csv", "clients.csv", "summary.json", "failures.log", CHECKPOINT_FILE)
 CLIENT_STATE_DIR = "client_state"
+_RAY_EXCEPTION = re.compile(r"ray\.exceptions\.(\w+)")  # in the reason of a reply whose worker Ray lost
+_CLASS_PREFIX = re.compile(r"^<?class '[\w.]+'>:<'?")  # Flower's "<class 'X'>:<'message'>" wrapping
 EVAL_CHUNK = 500  # clients per evaluation batch: bounds the driver's memory whatever the population
 
 
@@ -177,9 +182,33 @@ def _checkpoint(exp: Experiment, index: int, rnd: int, strategy: FederatedStrate
     })
 
 
-def _send(grid: Grid, messages: list, timeout: float) -> list:
-    """Send the round's messages and wait for replies until the deadline (late ones count as failed)."""
-    return list(grid.send_and_receive(messages, timeout=timeout))
+def _send(grid: Grid, messages: list, timeout: float, rnd: int, phase: str) -> list:
+    """Send the round's messages and wait for replies until the deadline (late ones count as failed). A client
+    whose worker Ray lost stops the run here, before the round is used (see `lost_worker`)."""
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    lost = [reason for reason in map(lost_worker, replies) if reason]
+    if lost:
+        raise WorkersLost(
+            f"round {rnd} {phase}: Ray lost the worker of {len(lost)} of {len(messages)} client(s) "
+            f"({lost[0][:300]}); the run stopped before using round {rnd}, so its checkpoint is intact. Free what "
+            "was short (memory: fewer runs at once, or a smaller simulation.actors) and go on with the same "
+            "command plus --resume")
+    return replies
+
+
+def lost_worker(reply: Message) -> str | None:
+    """Why Ray lost the worker that should have run this reply's client, or None. A ClientApp's own exception
+    arrives as CLIENT_APP_RAISED_EXCEPTION and is that client's failure (dropped, counted, the run goes on);
+    a Ray exception outside the app (an actor killed for memory, a crashed worker, an empty actor pool) means
+    the simulation itself is broken: every later round would lose clients to it, silently changing the run."""
+    if not reply.has_error() or reply.error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION:
+        return None
+    reason = str(reply.error.reason)
+    found = _RAY_EXCEPTION.search(reason)
+    if found is None and "actor pool is empty" not in reason:
+        return None
+    detail = _CLASS_PREFIX.sub("", one_line(reason))
+    return (f"{found.group(1)}: " if found else "") + detail
 
 
 def _run_strategy(grid, exp: Experiment, strategy: FederatedStrategy, run: StrategyRun, first_round: int,
@@ -210,7 +239,7 @@ def _train_round(grid, exp: Experiment, strategy: FederatedStrategy, run: Strate
             meter.add(rnd, pid_of[id(msg)], "down", content_bytes(msg.content),
                       values_bytes(msg.content["model"], prunable))
     meter.add_broadcast(rnd, broadcast_bytes(messages) if counted else 0)
-    replies = _send(grid, messages, exp.cfg.simulation.round_timeout)
+    replies = _send(grid, messages, exp.cfg.simulation.round_timeout, rnd, "training")
     sent_ids = {m.metadata.message_id: pid_of[id(m)] for m in messages}
     for reply in sorted(replies, key=lambda r: sent_ids.get(r.metadata.reply_to_message_id, -1)):
         if counted and not reply.has_error() and "model" in reply.content:
@@ -248,7 +277,7 @@ def _evaluate_round(grid, exp: Experiment, strategy: FederatedStrategy, run: Str
     for start in range(0, len(pids), EVAL_CHUNK):
         messages = strategy.evaluation_messages(rnd, pids[start:start + EVAL_CHUNK])
         eval_bytes += sum(content_bytes(m.content) for m in messages)
-        replies = _send(grid, messages, evaluation_timeout(exp.cfg, len(messages)))
+        replies = _send(grid, messages, evaluation_timeout(exp.cfg, len(messages)), rnd, "evaluation")
         eval_bytes += sum(content_bytes(r.content) for r in replies if not r.has_error())
         results.update(strategy.evaluation_results(rnd, replies))
         _log_failures(exp, strategy)

@@ -241,3 +241,25 @@ def test_the_result_does_not_depend_on_the_order_replies_arrive_in(name, make_se
     a = mean({"w": torch.zeros(10_000)}, uploads)["w"]
     b = mean({"w": torch.zeros(10_000)}, list(reversed(uploads)))["w"]
     assert not torch.equal(a, b)  # float addition is not associative: order matters without the sort
+
+
+def test_a_lost_ray_worker_is_told_apart_from_a_clients_own_failure(flower_run):
+    from flwr.app import Error, Message, RecordDict
+    from flwr.common.constant import ErrorCode
+
+    from fedlottery.server_app import lost_worker
+
+    def reply(code, reason):
+        ask = Message(RecordDict(), 1, "train")
+        ask.metadata.__dict__["_message_id"] = "m1"
+        return Message(Error(code=code, reason=reason), reply_to=ask)
+
+    died = ("<class 'ray.exceptions.ActorDiedError'>:<'The actor died unexpectedly before finishing this task.\n"
+            "\tclass_name: ClientAppActor\nThe actor is dead because its worker process has died.'>")
+    oom = "<class 'ray.exceptions.OutOfMemoryError'>:<'1 worker(s) were killed due to the node running low on memory.'>"
+    assert lost_worker(reply(ErrorCode.UNKNOWN, died)).startswith("ActorDiedError: The actor is dead")
+    assert lost_worker(reply(ErrorCode.UNKNOWN, oom)).startswith("OutOfMemoryError: 1 worker(s) were killed")
+    assert lost_worker(reply(ErrorCode.UNKNOWN, "<class 'ValueError'>:<'The actor pool is empty, unfit'>"))
+    crashed = "<class 'flwr.client.client_app.ClientAppException'>:<'RuntimeError: injected train_crash'>"
+    assert lost_worker(reply(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, crashed)) is None  # the client's own
+    assert lost_worker(reply(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, died)) is None  # raised inside the app

@@ -32,8 +32,8 @@ def _config(tmp_path: Path, actors: int = 2) -> Path:
     return path
 
 
-def _fedlottery(*args: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+def _fedlottery(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    env = env or {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
     return subprocess.Popen([sys.executable, "-m", "fedlottery.cli", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             **kwargs)
@@ -88,3 +88,42 @@ def test_one_and_two_actors_give_the_same_bytes(tmp_path):
     outs[0]["summary.json"]["config"]["simulation"].pop("actors")
     outs[1]["summary.json"]["config"]["simulation"].pop("actors")
     assert outs[0] == outs[1]
+
+
+def _actor_pids(marker: str) -> list[int]:
+    """The Ray client-actor processes started for the run whose environment carries `marker`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if (proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::ClientAppActor")
+                    and marker.encode() in (proc / "environ").read_bytes()):
+                pids.append(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_a_lost_ray_worker_stops_the_run_and_resume_gives_the_same_files(tmp_path):
+    """An actor killed mid-run (as Ray's OOM killer does) must not leave the run going on with clients silently
+    missing: it stops with exit 2 before using that round, and --resume gives the uninterrupted run's files."""
+    config = _config(tmp_path)
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    _finish(_fedlottery("run", str(config), "--out", str(whole)))
+    marker = f"FEDLOTTERY_TEST_RUN={os.getpid()}-{time.monotonic_ns()}"
+    name, value = marker.split("=")
+    proc = _fedlottery("run", str(config), "--out", str(broken), env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0",
+                                                                      name: value})
+    deadline = time.monotonic() + 240
+    while _rows(broken) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    actors = _actor_pids(marker)
+    assert proc.poll() is None and actors, "the run ended (or had no actors) before one could be killed"
+    os.kill(actors[0], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 2, out[-3000:]
+    error = [line for line in out.splitlines() if line.startswith("fedlottery: error:")]
+    assert len(error) == 1 and "Ray lost the worker" in error[0] and "--resume" in error[0], out[-3000:]
+    assert _rows(broken) < 8  # it stopped: the whole run has 8 rows (2 strategies x 4 rounds)
+    _finish(_fedlottery("run", str(config), "--out", str(broken), "--resume"))
+    assert _without_wall_times(broken) == _without_wall_times(whole)
