@@ -18,6 +18,7 @@ from fedlottery.errors import ConfigError, UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 1  # what Python itself returns when stdout's reader has gone
 
 
 def _seeds(text: str) -> list[int]:
@@ -385,6 +386,12 @@ def _interrupted() -> int:
     return EXIT_INTERRUPTED
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush does not fail on the closed pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -397,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return _interrupted()
+    except BrokenPipeError:  # stdout piped into e.g. `head`, which has stopped reading: nothing is wrong here
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     finally:
         if args.command in ("run", "compare"):
             _stop_ray()  # Flower shuts Ray down after a run; this covers a failure before or around it

@@ -493,7 +493,9 @@ def set_dotted(data: dict, assignment: str) -> None:
         raise ConfigError(f"--set {key}: the value {text!r} is not valid YAML ({' '.join(str(err).split())})") from None
     where = data
     for depth, part in enumerate(parts[:-1]):
-        where = where.setdefault(part, {})
+        if where.get(part) is None:  # absent, or an empty YAML section (`fedpm:` with nothing under it)
+            where[part] = {}
+        where = where[part]
         if not isinstance(where, dict):
             raise ConfigError(f"--set {key}: {'.'.join(parts[:depth + 1])} is a value, not a section")
     where[parts[-1]] = value

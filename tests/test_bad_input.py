@@ -426,3 +426,14 @@ def test_ctrl_c_stops_the_run_keeps_rows_and_leaves_no_ray(tmp_path):
             break
         time.sleep(0.5)
     assert _ray_processes(ray_tmp) == []
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`fedlottery report DIR | head -1`: the pipe closes while the table is printed; the CLI leaves quietly
+    with Python's own exit code for that (1), instead of a BrokenPipeError traceback on stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "fedlottery.cli", "strategies"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the child has printed anything: its first write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from fedlottery.config import ConfigError, FederatedConfig, ImpConfig, from_dict, load_imp_config, load_yaml
+from fedlottery.config import (ConfigError, FederatedConfig, ImpConfig, from_dict, load_imp_config, load_yaml,
+                               set_dotted)
 from fedlottery.experiment import check_imp_experiment, experiment_from_dict, load_experiment
 
 
@@ -210,5 +211,9 @@ def test_command_line_settings_override_the_file_before_the_checks():
     assert options.personal_bn is True and options.density == 0.3  # the file's other options kept
     assert cfg.local.lr == 0.2 and cfg.local.epochs == 2
     assert cfg.evaluation.finetune_epochs == 0 and cfg.strategies == ["flash-jmwst"]
+    empty_section = load_yaml("configs/compare_cifar10.yaml")
+    empty_section["strategy_options"]["fedpm"] = None  # `fedpm:` with nothing under it, as YAML reads it
+    set_dotted(empty_section, "strategy_options.fedpm.lr=0.2")
+    assert empty_section["strategy_options"]["fedpm"] == {"lr": 0.2}
     with pytest.raises(ConfigError, match="personal_bn"):  # a value of the wrong type is refused by name
         load_experiment("configs/compare_cifar10.yaml", settings=["strategy_options.flash-jmwst.personal_bn=[1]"])
