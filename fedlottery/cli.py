@@ -77,7 +77,7 @@ def cmd_imp(args: argparse.Namespace) -> int:
     from fedlottery.ray_runtime import check_imp_resources
     from fedlottery.results import stderr_log
 
-    cfg = load_imp_experiment(args.config, seeds=args.seeds)
+    cfg = load_imp_experiment(args.config, seeds=args.seeds, settings=args.set)
     check_imp_resources(cfg)
     out = Path(args.out or Path("runs") / "imp" / Path(args.config).stem)
     existing = _check_out(out, args.overwrite, ("levels.csv", "summary.json", "accuracy_vs_remaining.png"))
@@ -318,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("config", help="YAML experiment config, e.g. configs/imp_digits.yaml")
     imp.add_argument("--out", help="output directory (default runs/imp/<config name>)")
     imp.add_argument("--seeds", type=_seeds, help="override the config's seeds, e.g. 0,1,2")
+    imp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one config setting, value as YAML (repeatable), e.g. --set supermask.enabled=true")
     imp.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     imp.set_defaults(func=cmd_imp)
 

@@ -293,6 +293,22 @@ class EarlyBirdConfig:
 
 
 @dataclass
+class SupermaskConfig:
+    """A supermask run beside the IMP levels: keep probabilities learned over theta_0's frozen weights (FedPM's
+    local rule, trained centrally; fedlottery/supermask.py) for training.iterations steps of training.batch_size,
+    early-stopped on validation like a ticket. The mask evaluated is sigmoid(s) > 0.5."""
+
+    enabled: bool = False
+    optimizer: Literal["adam", "sgd"] = "adam"  # SGD takes training.momentum
+    lr: float = 0.1  # of the scores (FedPM's default: Adam, 0.1)
+    init: Literal["normal", "half"] = "normal"  # first probabilities: sigmoid(N(0, 1)) seeded, or 0.5
+    ste: Literal["identity", "scaled"] = "identity"
+
+    def validate(self, path: str) -> None:
+        _check(math.isfinite(self.lr) and self.lr > 0, f"{path}.lr", f"must be > 0, got {self.lr}")
+
+
+@dataclass
 class ImpConfig:
     """A centralized lottery-ticket experiment: IMP levels, their controls, repeated over seeds."""
 
@@ -303,6 +319,7 @@ class ImpConfig:
     pruning: PruningConfig = field(default_factory=PruningConfig)
     controls: ControlsConfig = field(default_factory=ControlsConfig)
     early_bird: EarlyBirdConfig = field(default_factory=EarlyBirdConfig)
+    supermask: SupermaskConfig = field(default_factory=SupermaskConfig)
 
     def validate(self, path: str = "") -> None:
         _check(len(self.seeds) >= 1, "seeds", "needs at least one seed")

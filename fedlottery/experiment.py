@@ -81,9 +81,14 @@ def check_imp_experiment(cfg: ImpConfig) -> ImpConfig:
     return cfg
 
 
-def load_imp_experiment(path: str | Path, *, seeds: list[int] | None = None) -> ImpConfig:
-    """Load an IMP config file and check all of it; `seeds` overrides the file's (the command line's --seeds)."""
-    cfg = from_dict(ImpConfig, load_yaml(path))
+def load_imp_experiment(path: str | Path, *, seeds: list[int] | None = None, settings: list[str] = ()
+                        ) -> ImpConfig:
+    """Load an IMP config file and check all of it; `settings` (--set, as for `load_experiment`), then `seeds`
+    (--seeds) override the file's values."""
+    data = load_yaml(path)
+    for assignment in settings:
+        set_dotted(data, assignment)
+    cfg = from_dict(ImpConfig, data)
     if seeds is not None:
         cfg.seeds = list(seeds)
     return check_imp_experiment(cfg)

@@ -6,6 +6,7 @@ mask, and writes one row per training run to levels.csv the moment that run ends
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,7 +19,8 @@ from fedlottery.data import Dataset, load_dataset, train_val_split
 from fedlottery.models import build_model, clone_state, conv_names, output_layer_name, prunable_names
 from fedlottery.results import CsvLog, Progress, plot_levels, summarize_levels, write_json
 from fedlottery.sparsity import Mask, compound_rates, layer_rates, magnitude_prune, random_mask_like
-from fedlottery.training import Split, TrainResult, train
+from fedlottery.supermask import make_scores, shuffled_batches, train_scores
+from fedlottery.training import Split, TrainResult, evaluate, train
 
 LEVEL_COLUMNS = [
     "level",
@@ -34,6 +36,7 @@ LEVEL_COLUMNS = [
     "wall_s",
 ]
 VARIANTS = ("ticket", "reinit", "random_mask")
+SUPERMASK_STREAM = 1_000  # the supermask run's RNG stream at level 0, apart from every control's
 
 
 @dataclass
@@ -93,6 +96,7 @@ class ImpRunner:
 
     def planned_runs(self) -> int:
         per_seed = self.cfg.pruning.levels + 1 + len(self.control_levels()) * len(self.cfg.controls.variants)
+        per_seed += int(self.cfg.supermask.enabled)
         return per_seed * len(self.cfg.seeds)
 
     def _fresh_model(self, seed: int) -> nn.Module:
@@ -188,6 +192,10 @@ class ImpRunner:
         record(0, "ticket", mask, result, bird)
         mask.save(self.out_dir / "masks" / f"seed{seed}_level0.npz")
         dense_mask, dense_trained = mask, clone_state(model)
+        if cfg.supermask.enabled:
+            kept, result = self._train_supermask(seed, theta0, splits)
+            kept.save(self.out_dir / "masks" / f"seed{seed}_supermask.npz")
+            record(0, "supermask", kept, result)
         trained = dense_trained
 
         for level in range(1, cfg.pruning.levels + 1):
@@ -234,6 +242,52 @@ class ImpRunner:
         if p.rewind == "lr":
             return previous, None  # keep the weights, restart the LR schedule from the start
         return previous, p.finetune_lr
+
+    def _train_supermask(self, seed: int, theta0: dict, splits: _Splits) -> tuple[Mask, TrainResult]:
+        """The supermask run: scores over theta_0's frozen weights, early-stopped on validation loss of the
+        thresholded mask (sigmoid(s) > 0.5); returns that mask at the early-stopping point and the result."""
+        cfg, sm = self.cfg.training, self.cfg.supermask
+        gen = _generator(seed, 0, SUPERMASK_STREAM)
+        model = self._fresh_model(seed)
+        model.load_state_dict(theta0)
+        names = prunable_names(model)
+        shapes = {n: theta0[n].shape for n in names}
+        start = {n: torch.sigmoid(torch.randn(shapes[n], generator=gen)) if sm.init == "normal"
+                 else torch.full(shapes[n], 0.5) for n in names}
+        scores = make_scores({n: p.to(cfg.device) for n, p in start.items()}, clip=0.01)
+        if sm.optimizer == "adam":
+            optimizer = torch.optim.Adam(list(scores.values()), lr=sm.lr)
+        else:
+            optimizer = torch.optim.SGD(list(scores.values()), lr=sm.lr, momentum=cfg.momentum)
+        result, best = TrainResult(iterations=cfg.iterations, wall_s=0.0), {}
+        clock = time.perf_counter()
+
+        def thresholded() -> tuple[Mask, nn.Module]:
+            kept = Mask({n: torch.sigmoid(scores[n]).detach().cpu() > 0.5 for n in names})
+            frozen = copy.deepcopy(model)
+            frozen.load_state_dict({n: theta0[n] * kept[n].to(theta0[n]) for n in names}, strict=False)
+            return kept, frozen
+
+        def validate(step: int) -> None:
+            if splits.val is None or (step % cfg.eval_every and step != cfg.iterations):
+                return
+            kept, frozen = thresholded()
+            val_loss, val_acc = evaluate(frozen, splits.val)
+            result.evals.append({"iteration": step, "val_loss": val_loss, "val_acc": val_acc})
+            if result.val_loss_min is None or val_loss < result.val_loss_min:
+                result.val_loss_min, result.early_stop_iteration = val_loss, step
+                best.update(kept=kept, acc=evaluate(frozen, splits.test)[1])
+
+        batches = shuffled_batches(splits.train, cfg.batch_size, gen, steps=cfg.iterations)
+        train_scores(model, {n: theta0[n].detach() for n in names}, scores, optimizer, batches, gen, sm.ste,
+                     on_step=validate)
+        kept, frozen = thresholded()
+        result.test_acc_final = evaluate(frozen, splits.test)[1]
+        if not best:  # no validation split: the final mask is the early-stopping one
+            best.update(kept=kept, acc=result.test_acc_final)
+            result.early_stop_iteration = cfg.iterations
+        result.test_acc_early_stop, result.wall_s = best["acc"], time.perf_counter() - clock
+        return best["kept"], result
 
     def _train_ticket(self, model, mask, splits, gen, rates, on_iteration=None, lr=None):
         """Train the ticket at one level, with early-bird detection on the mask the next level would get."""

@@ -131,7 +131,7 @@ def summarize_levels(rows: list[dict]) -> list[dict]:
     groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["variant"], int(row["level"]))].append(row)
-    order = {"ticket": 0, "reinit": 1, "random_mask": 2}
+    order = {"ticket": 0, "reinit": 1, "random_mask": 2, "supermask": 3}
     summary = []
     for (variant, level), group in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1])):
         entry = {"variant": variant, "level": level, "seeds": len(group)}
@@ -149,7 +149,7 @@ def plot_levels(summary: list[dict], path: Path, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    styles = {"ticket": ("C0", "o"), "reinit": ("C3", "s"), "random_mask": ("C2", "^")}
+    styles = {"ticket": ("C0", "o"), "reinit": ("C3", "s"), "random_mask": ("C2", "^"), "supermask": ("C4", "D")}
     for variant in dict.fromkeys(e["variant"] for e in summary):
         entries = [e for e in summary if e["variant"] == variant]
         x = [e["percent_remaining_mean"] for e in entries]

@@ -34,14 +34,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from flwr.app import Message, MessageType
-from torch.func import functional_call
 
 from fedlottery.comm import pack_state
 from fedlottery.errors import ConfigError
 from fedlottery.models import clone_state
 from fedlottery.sparsity import Mask
+from fedlottery.supermask import keep_probabilities, make_scores, sample_mask, shuffled_batches, train_scores
 from strategies.base import ClientTask, ClientUpdate, FederatedStrategy, Reply, ServerSetup, mask_crc
 from strategies.replies import Sent
 
@@ -80,11 +79,6 @@ def mask_entropy_bits(n: int, density: float) -> float:
     return n * -(density * math.log2(density) + (1 - density) * math.log2(1 - density))
 
 
-def _bernoulli(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One Bernoulli(probs) draw from `generator` (a CPU generator; the draw moves to probs' device)."""
-    return torch.rand(probs.shape, generator=generator).to(probs.device) < probs
-
-
 class FedPMStrategy(FederatedStrategy):
     """Federated probabilistic masks over frozen random weights; Bayesian aggregation of sampled masks."""
 
@@ -111,41 +105,24 @@ class FedPMStrategy(FederatedStrategy):
         model, names = task.model, list(task.mask)
         current = model.state_dict()
         with torch.no_grad():  # the model holds theta_g in the prunable slots: read it, then restore theta_0
-            theta = {n: current[n].float().clamp(opts.prob_clip, 1 - opts.prob_clip) for n in names}
+            scores = make_scores({n: current[n] for n in names}, opts.prob_clip)
             for n in names:
                 current[n].copy_(task.theta0[n])
-        scores = {n: torch.logit(theta[n]).detach().requires_grad_(True) for n in names}
-        weights = {n: task.theta0[n].detach() for n in names}
-        for p in model.parameters():
-            p.requires_grad_(False)  # nothing but the scores is trained
         if opts.optimizer == "adam":
             optimizer = torch.optim.Adam(list(scores.values()), lr=opts.lr)
         else:
             optimizer = torch.optim.SGD(list(scores.values()), lr=opts.lr, momentum=task.local.momentum)
-        x, y = task.data.train
-        model.train()
-        for _ in range(task.local.epochs):
-            order = torch.randperm(len(y), generator=task.generator).to(y.device)
-            for start in range(0, len(y), task.local.batch_size):
-                idx = order[start:start + task.local.batch_size]
-                effective = {}
-                for n in names:
-                    prob = torch.sigmoid(scores[n])
-                    sample = _bernoulli(prob.detach(), task.generator).to(prob.dtype)
-                    slope = prob.detach() if opts.ste == "scaled" else 1.0
-                    effective[n] = weights[n] * (sample + slope * (prob - prob.detach()))  # forward: theta_0 * m
-                loss = F.cross_entropy(functional_call(model, effective, (x[idx],)), y[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        return {n: torch.sigmoid(scores[n]).detach() for n in names}
+        batches = shuffled_batches(task.data.train, task.local.batch_size, task.generator, epochs=task.local.epochs)
+        train_scores(model, {n: task.theta0[n].detach() for n in names}, scores, optimizer, batches,
+                     task.generator, opts.ste)
+        return keep_probabilities(scores)
 
     @classmethod
     def client_train(cls, task: ClientTask) -> ClientUpdate:
         opts: FedPMOptions = task.options
         names, y = list(task.mask), task.data.train[1]
         final = cls.train_probabilities(task)
-        upload = {n: _bernoulli(final[n], task.generator) for n in names}  # ONE sampled mask goes up
+        upload = {n: sample_mask(final[n], task.generator) for n in names}  # ONE sampled mask goes up
         keep = upload if opts.eval_mask == "sample" else {n: final[n] > 0.5 for n in names}
         state = clone_state(task.model)  # non-prunable tensors: theta_0, with this client's BatchNorm statistics
         for n in names:
@@ -207,7 +184,7 @@ class FedPMStrategy(FederatedStrategy):
             return Mask({n: p > 0.5 for n, p in probs.items()})
         who = "global" if partition_id is None else str(partition_id)
         generator = torch.Generator().manual_seed(zlib.crc32(f"{self.setup.seed}/{server_round}/{who}/fedpm".encode()))
-        return Mask({n: _bernoulli(p, generator) for n, p in probs.items()})
+        return Mask({n: sample_mask(p, generator) for n, p in probs.items()})
 
     def downlink(self, partition_id: int, message_type: str, server_round: int) -> Message:
         message = super().downlink(partition_id, message_type, server_round)
