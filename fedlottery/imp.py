@@ -19,7 +19,8 @@ from fedlottery.data import Dataset, load_dataset, train_val_split
 from fedlottery.models import build_model, clone_state, conv_names, output_layer_name, prunable_names
 from fedlottery.results import CsvLog, Progress, plot_levels, summarize_levels, write_json
 from fedlottery.sparsity import Mask, compound_rates, layer_rates, magnitude_prune, random_mask_like
-from fedlottery.supermask import make_scores, shuffled_batches, train_scores
+from fedlottery.supermask import (initial_probabilities, make_scores, score_optimizer, shuffled_batches,
+                                  thresholded, train_scores)
 from fedlottery.training import Split, TrainResult, evaluate, train
 
 LEVEL_COLUMNS = [
@@ -251,27 +252,16 @@ class ImpRunner:
         model = self._fresh_model(seed)
         model.load_state_dict(theta0)
         names = prunable_names(model)
-        shapes = {n: theta0[n].shape for n in names}
-        start = {n: torch.sigmoid(torch.randn(shapes[n], generator=gen)) if sm.init == "normal"
-                 else torch.full(shapes[n], 0.5) for n in names}
+        start = initial_probabilities({n: theta0[n].shape for n in names}, sm.init, gen)
         scores = make_scores({n: p.to(cfg.device) for n, p in start.items()}, clip=0.01)
-        if sm.optimizer == "adam":
-            optimizer = torch.optim.Adam(list(scores.values()), lr=sm.lr)
-        else:
-            optimizer = torch.optim.SGD(list(scores.values()), lr=sm.lr, momentum=cfg.momentum)
+        optimizer = score_optimizer(scores, sm.optimizer, sm.lr, cfg.momentum)
         result, best = TrainResult(iterations=cfg.iterations, wall_s=0.0), {}
         clock = time.perf_counter()
-
-        def thresholded() -> tuple[Mask, nn.Module]:
-            kept = Mask({n: torch.sigmoid(scores[n]).detach().cpu() > 0.5 for n in names})
-            frozen = copy.deepcopy(model)
-            frozen.load_state_dict({n: theta0[n] * kept[n].to(theta0[n]) for n in names}, strict=False)
-            return kept, frozen
 
         def validate(step: int) -> None:
             if splits.val is None or (step % cfg.eval_every and step != cfg.iterations):
                 return
-            kept, frozen = thresholded()
+            kept, frozen = thresholded(model, theta0, scores)
             val_loss, val_acc = evaluate(frozen, splits.val)
             result.evals.append({"iteration": step, "val_loss": val_loss, "val_acc": val_acc})
             if result.val_loss_min is None or val_loss < result.val_loss_min:
@@ -281,7 +271,7 @@ class ImpRunner:
         batches = shuffled_batches(splits.train, cfg.batch_size, gen, steps=cfg.iterations)
         train_scores(model, {n: theta0[n].detach() for n in names}, scores, optimizer, batches, gen, sm.ste,
                      on_step=validate)
-        kept, frozen = thresholded()
+        kept, frozen = thresholded(model, theta0, scores)
         result.test_acc_final = evaluate(frozen, splits.test)[1]
         if not best:  # no validation split: the final mask is the early-stopping one
             best.update(kept=kept, acc=result.test_acc_final)

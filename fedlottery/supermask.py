@@ -9,12 +9,15 @@ run of `fedlottery imp` (fedlottery/imp.py, centrally from seeded scores).
 """
 from __future__ import annotations
 
+import copy
 from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+
+from fedlottery.sparsity import Mask
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -40,6 +43,14 @@ def shuffled_batches(data: Batch, batch_size: int, generator: torch.Generator, *
             yield x[idx], y[idx]
             done += 1
         passes += 1
+
+
+def initial_probabilities(shapes: dict[str, torch.Size], init: str, generator: torch.Generator
+                          ) -> dict[str, torch.Tensor]:
+    """First keep probabilities: sigmoid(N(0, 1)) drawn from `generator` name by name ("normal", the FedPM
+    authors' code), or 0.5 everywhere ("half")."""
+    return {n: torch.sigmoid(torch.randn(shape, generator=generator)) if init == "normal"
+            else torch.full(shape, 0.5) for n, shape in shapes.items()}
 
 
 def make_scores(probs: dict[str, torch.Tensor], clip: float) -> dict[str, torch.Tensor]:
@@ -73,3 +84,21 @@ def train_scores(model: nn.Module, weights: dict[str, torch.Tensor], scores: dic
 
 def keep_probabilities(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {n: torch.sigmoid(s).detach() for n, s in scores.items()}
+
+
+def score_optimizer(scores: dict[str, torch.Tensor], name: str, lr: float, momentum: float
+                    ) -> torch.optim.Optimizer:
+    """Adam (FedPM's default) or SGD with `momentum` over the scores alone."""
+    if name == "adam":
+        return torch.optim.Adam(list(scores.values()), lr=lr)
+    return torch.optim.SGD(list(scores.values()), lr=lr, momentum=momentum)
+
+
+def thresholded(model: nn.Module, theta0: dict[str, torch.Tensor], scores: dict[str, torch.Tensor]
+                ) -> tuple[Mask, nn.Module]:
+    """The deterministic supermask sigmoid(s) > 0.5, and theta_0 under it in a copy of `model` (which keeps
+    the BatchNorm statistics the sampled masks left in it)."""
+    kept = Mask({n: torch.sigmoid(s).detach().cpu() > 0.5 for n, s in scores.items()})
+    frozen = copy.deepcopy(model)
+    frozen.load_state_dict({n: theta0[n] * kept[n].to(theta0[n]) for n in scores}, strict=False)
+    return kept, frozen

@@ -40,7 +40,8 @@ from fedlottery.comm import pack_state
 from fedlottery.errors import ConfigError
 from fedlottery.models import clone_state
 from fedlottery.sparsity import Mask
-from fedlottery.supermask import keep_probabilities, make_scores, sample_mask, shuffled_batches, train_scores
+from fedlottery.supermask import (initial_probabilities, keep_probabilities, make_scores, sample_mask,
+                                  score_optimizer, shuffled_batches, train_scores)
 from strategies.base import ClientTask, ClientUpdate, FederatedStrategy, Reply, ServerSetup, mask_crc
 from strategies.replies import Sent
 
@@ -108,10 +109,7 @@ class FedPMStrategy(FederatedStrategy):
             scores = make_scores({n: current[n] for n in names}, opts.prob_clip)
             for n in names:
                 current[n].copy_(task.theta0[n])
-        if opts.optimizer == "adam":
-            optimizer = torch.optim.Adam(list(scores.values()), lr=opts.lr)
-        else:
-            optimizer = torch.optim.SGD(list(scores.values()), lr=opts.lr, momentum=task.local.momentum)
+        optimizer = score_optimizer(scores, opts.optimizer, opts.lr, task.local.momentum)
         batches = shuffled_batches(task.data.train, task.local.batch_size, task.generator, epochs=task.local.epochs)
         train_scores(model, {n: task.theta0[n].detach() for n in names}, scores, optimizer, batches,
                      task.generator, opts.ste)
@@ -137,10 +135,8 @@ class FedPMStrategy(FederatedStrategy):
     def __init__(self, setup: ServerSetup, options: Any = None):
         super().__init__(setup, options)
         generator = torch.Generator().manual_seed(zlib.crc32(f"{setup.seed}/fedpm/init".encode()))
-        for n in setup.prunable:
-            shape = setup.theta0[n].shape
-            self.global_state[n] = (torch.sigmoid(torch.randn(shape, generator=generator))
-                                    if self.options.init == "normal" else torch.full(shape, 0.5))
+        shapes = {n: setup.theta0[n].shape for n in setup.prunable}
+        self.global_state.update(initial_probabilities(shapes, self.options.init, generator))
         self.alpha = {n: torch.full(self.shapes[n], float(self.options.prior_alpha)) for n in setup.prunable}
         self.beta = {n: torch.full(self.shapes[n], float(self.options.prior_beta)) for n in setup.prunable}
 
