@@ -138,8 +138,11 @@ class ImpRunner:
         for seed in self.cfg.seeds:
             rows += self._run_seed(seed, log, progress)
         summary = summarize_levels(rows)
+        # float sums split over threads differ in the last bits, and thousands of steps grow that into other
+        # numbers: the same seed reproduces at the same thread count, so the count is part of the record
         write_json(self.out_dir / "summary.json", {"config": to_dict(self.cfg), "levels": summary,
-                                                   "wall_s": round(progress.elapsed(), 1)})
+                                                   "wall_s": round(progress.elapsed(), 1),
+                                                   "torch_threads": torch.get_num_threads()})
         plot_levels(summary, self.out_dir / "accuracy_vs_remaining.png", title=self.cfg.model.name)
         return rows
 

@@ -40,6 +40,7 @@ def test_imp_runner_writes_levels_masks_summary_plot(tmp_path):
     assert abs(100 * masks[3].density() - pct[3]) < 1e-3
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["config"]["pruning"]["rate"] == 0.5 and len(summary["levels"]) == 6
+    assert summary["torch_threads"] == torch.get_num_threads()
     assert (tmp_path / "accuracy_vs_remaining.png").stat().st_size > 1000
     assert all(0.5 < r["test_acc_final"] <= 1 for r in table)  # digits is easy: a broken loop shows here
 
