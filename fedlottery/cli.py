@@ -7,6 +7,8 @@ within seconds with exit code 130, keeping the rows already written and shutting
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -388,6 +390,30 @@ def _interrupted() -> int:
     return EXIT_INTERRUPTED
 
 
+@contextlib.contextmanager
+def _flower_quiet_after_ctrl_c():
+    """While a run is under way, Ctrl-C first mutes Flower's logger, then interrupts as usual. Flower's clean-up
+    ends its client actors with tasks in flight, and each of its worker threads then logs the actor's death
+    with a traceback: expected on an interrupt, noise that would bury the one line saying what is kept. A
+    Ctrl-C that was ignored when we started (a background job) stays ignored."""
+    import signal
+
+    def mute_then_interrupt(signum, frame):
+        logging.getLogger("flwr").disabled = True
+        raise KeyboardInterrupt
+
+    installed = False
+    if threading.current_thread() is threading.main_thread():  # signals are the main thread's to handle
+        installed = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if installed:
+        signal.signal(signal.SIGINT, mute_then_interrupt)
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _silence_stdout() -> None:
     """Point stdout at /dev/null, so the interpreter's final flush does not fail on the closed pipe again."""
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -397,7 +423,8 @@ def _silence_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with _flower_quiet_after_ctrl_c():
+            return args.func(args)
     except UserError as err:
         print(f"fedlottery: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
