@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -371,8 +372,6 @@ def _interrupted() -> int:
     non-daemon thread that may wait for replies until the round's timeout, so when such a thread is still alive
     the process ends here (os._exit) instead of waiting for it; rows are appended and closed one at a time, so
     everything written before the signal stays on disk."""
-    import signal
-
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
     except ValueError:  # not the main thread
@@ -396,8 +395,6 @@ def _flower_quiet_after_ctrl_c():
     ends its client actors with tasks in flight, and each of its worker threads then logs the actor's death
     with a traceback: expected on an interrupt, noise that would bury the one line saying what is kept. A
     Ctrl-C that was ignored when we started (a background job) stays ignored."""
-    import signal
-
     def mute_then_interrupt(signum, frame):
         logging.getLogger("flwr").disabled = True
         raise KeyboardInterrupt
