@@ -1,4 +1,4 @@
-"""Driver-side cost of Flower's in-memory message delivery, with Flower's loop vs fedlottery.flower_delivery.
+"""Driver-side cost of Flower's in-memory message delivery, with Flower's loop vs fedlottery.runtime.delivery.
 
     nice python benchmarks/delivery_loop.py [--nodes 100 1000 5000] [--k 20] [--rounds 5] [--client-s 0.1]
                                             [--cap-s 240]
@@ -50,12 +50,12 @@ def child(nodes: int, loop: str, k: int, rounds: int, client_s: float, cap_s: fl
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
-    from fedlottery import flower_delivery
+    from fedlottery.runtime import delivery
 
     from flwr.server.superlink.fleet.vce import vce_api
 
     if loop == "patched":
-        flower_delivery.install()
+        delivery.install()
     loop_cpu = [0.0]  # the delivery thread's own CPU time, read at the end of each sweep
     inner = vce_api.add_messages_to_queue
 
@@ -180,7 +180,7 @@ def ratio(a, b) -> str:
 
 def write_md(rows: list[dict], args, elapsed: float | None) -> None:
     lines = [
-        "# Driver CPU of Flower's in-memory message delivery: Flower's loop vs `fedlottery.flower_delivery`",
+        "# Driver CPU of Flower's in-memory message delivery: Flower's loop vs `fedlottery.runtime.delivery`",
         "",
         f"Command: `FLWR_TELEMETRY_ENABLED=0 nice python benchmarks/delivery_loop.py --nodes "
         f"{' '.join(map(str, args.nodes))} --k {args.k} --rounds {args.rounds} --client-s {args.client_s:g} "

@@ -9,7 +9,7 @@
 (b) before: the old `fedlottery.training.evaluate` (torch.no_grad, NCHW, batch 2000), copied below verbatim.
 (c) after: the new `evaluate` with its defaults (and at batch 500 / without channels_last for reference).
 (d) two models over the same data: `evaluate_many([a, b])` against two `evaluate` calls (and two old ones).
-(e) per client, what `fedlottery/client_app.py::_handle` does for one evaluation with evaluation.deployed on:
+(e) per client, what `fedlottery/runtime/client_app.py::_handle` does for one evaluation with evaluation.deployed on:
     build_model + load_state_dict(personal) + evaluate + load_state_dict(deployed) + evaluate, for client test
     sets of 1,900 and 100 images (the first images of the MNIST test set), 1 thread (a Ray actor's setting);
     before / after / with evaluate_many on a second model, and with the models built once and cached.

@@ -34,8 +34,8 @@ from flwr.simulation import run_simulation  # noqa: E402
 
 from fedlottery.config import FederatedConfig, from_dict, to_dict  # noqa: E402
 from fedlottery.data import DataNotFoundError, load_dataset  # noqa: E402
-from fedlottery.results import read_csv  # noqa: E402
-from fedlottery.simulation import backend_config, run_federated  # noqa: E402
+from fedlottery.runs.results import read_csv  # noqa: E402
+from fedlottery.runtime.simulation import backend_config, run_federated  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "framework_overhead.csv"
 
@@ -54,7 +54,7 @@ def experiment(dataset: str, model: str, rounds: int) -> FederatedConfig:
 
 def plain_flower(cfg: FederatedConfig) -> list[float]:
     """A hand-written Flower app: stock FedAvg, a ClientApp with a plain PyTorch loop."""
-    from fedlottery.client_app import client_data
+    from fedlottery.runtime.client_app import client_data
     from fedlottery.models import build_model
 
     # Data comes from the same per-process cache fedlottery's clients use (captured data would be pickled

@@ -174,7 +174,7 @@ def _flower_child(config_json: str, out_dir: str) -> None:
     """Runs in a fresh process: one fedlottery run, then the number of test images its evaluation used."""
     from fedlottery.config import FederatedConfig, from_dict
     from fedlottery.data import load_dataset, make_partitions
-    from fedlottery.simulation import run_federated
+    from fedlottery.runtime.simulation import run_federated
 
     cfg = from_dict(FederatedConfig, json.loads(config_json))
     run_federated(cfg, Path(out_dir), log=lambda line: print(line, file=sys.stderr))
@@ -184,7 +184,7 @@ def _flower_child(config_json: str, out_dir: str) -> None:
 
 def measure_flower(actors: int, images: int, epochs: int, per_round: int, data_root: str | None,
                    val_fraction: float) -> dict:
-    from fedlottery.results import read_csv
+    from fedlottery.runs.results import read_csv
 
     config = _flower_config(actors, images, epochs, per_round, data_root, val_fraction)
     with tempfile.TemporaryDirectory(prefix="gpu_throughput_") as out:

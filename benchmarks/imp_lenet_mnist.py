@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fedlottery.imp import LEVEL_COLUMNS  # noqa: E402
-from fedlottery.results import CsvLog, plot_levels, read_csv, summarize_levels, write_json  # noqa: E402
+from fedlottery.runs.results import CsvLog, plot_levels, read_csv, summarize_levels, write_json  # noqa: E402
 
 CONFIG = ROOT / "configs" / "imp_lenet_mnist.yaml"
 OUT = ROOT / "benchmarks" / "results" / "imp_lenet_mnist"

@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedlottery.report import MB  # noqa: E402
-from fedlottery.results import read_csv, read_json  # noqa: E402
+from fedlottery.runs.report import MB  # noqa: E402
+from fedlottery.runs.results import read_csv, read_json  # noqa: E402
 
 CONFIG = ROOT / "configs" / "lotteryfl_mnist.yaml"
 OUT = ROOT / "benchmarks" / "results" / "lotteryfl_mnist_codecs"

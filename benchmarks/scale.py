@@ -11,7 +11,7 @@ number of cores (one client actor per core), for the naive work: every client's 
 pass each. The `--labels-eval` rows test 400 clients on every test image of their labels (~76 clients per
 image): `local`'s clients each hold a model of their own (every tensor personal), so none of that work can be
 shared and the row measures the naive floor; FedAvg's clients all hold theta_g, which each actor scores once on
-the whole test set (fedlottery.shared_evaluation), so its fraction of that floor can pass 1. (LotteryFL is no
+the whole test set (fedlottery.runtime.shared_evaluation), so its fraction of that floor can pass 1. (LotteryFL is no
 naive-work row after a few rounds: a client that has not pruned yet holds theta_g too, and shares it.)
 
     python benchmarks/scale.py                      # 100, 1000, 10000 -> benchmarks/results/scale.csv / .md
@@ -127,8 +127,8 @@ def floor_seconds(x_test, passes: int) -> float:
 def run_one(clients: int, test: str = "matched", strategy: str = "lotteryfl") -> dict:
     from fedlottery.config import FederatedConfig, from_dict
     from fedlottery.data import load_dataset
-    from fedlottery.results import read_csv
-    from fedlottery.simulation import run_federated
+    from fedlottery.runs.results import read_csv
+    from fedlottery.runtime.simulation import run_federated
 
     from fedlottery.data import make_partitions
 
@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument("--labels-strategies", default="local,fedavg",
                         help="the strategies of the --labels-eval rows: local tests every client on a model of "
                              "its own (the naive work); FedAvg's clients share theta_g, scored once per actor "
-                             "(fedlottery.shared_evaluation)")
+                             "(fedlottery.runtime.shared_evaluation)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one population, JSON to stdout
     parser.add_argument("--test", default="matched", help=argparse.SUPPRESS)
     parser.add_argument("--strategy", default="lotteryfl", help=argparse.SUPPRESS)

@@ -3,7 +3,7 @@ clients, 10 per round), FedAvg and LotteryFL:
 
 1. the same config and seed run twice: every result file compared byte for byte (wall times aside);
 2. the same run with about 20% faulty clients (`faults:` below): it completes, the failures counted in
-   rounds.csv equal the faults injected (replayed from fedlottery.faults and the base strategy's seeded
+   rounds.csv equal the faults injected (replayed from fedlottery.runtime.faults and the base strategy's seeded
    sampling), and the accuracy is put beside the clean run's.
 
     python benchmarks/trust_mnist.py --rounds 40     # three runs, then benchmarks/results/trust_mnist/table.md
@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fedlottery.config import FaultsConfig  # noqa: E402
-from fedlottery.faults import EVAL_FAULTS, TRAIN_FAULTS, faults_of  # noqa: E402
-from fedlottery.results import read_csv, read_json  # noqa: E402
+from fedlottery.runtime.faults import EVAL_FAULTS, TRAIN_FAULTS, faults_of  # noqa: E402
+from fedlottery.runs.results import read_csv, read_json  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "trust_mnist"
 STRATEGIES = ["fedavg", "lotteryfl"]

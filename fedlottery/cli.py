@@ -75,10 +75,10 @@ def _clear_out(out: Path, existing: list[str]) -> None:
 
 
 def cmd_imp(args: argparse.Namespace) -> int:
-    from fedlottery.experiment import load_imp_experiment
+    from fedlottery.runtime.experiment import load_imp_experiment
     from fedlottery.imp import ImpRunner
-    from fedlottery.ray_runtime import check_imp_resources
-    from fedlottery.results import stderr_log
+    from fedlottery.runtime.ray_runtime import check_imp_resources
+    from fedlottery.runs.results import stderr_log
 
     cfg = load_imp_experiment(args.config, seeds=args.seeds, settings=args.set)
     check_imp_resources(cfg)
@@ -119,9 +119,9 @@ def _federated_job(args: argparse.Namespace, out_prefix: str = "", strategies: l
     instance or the configured cluster; under --entry flwr Flower starts it). Only then are an earlier run's
     results removed (--overwrite)."""
     from fedlottery.data import load_dataset, make_partitions
-    from fedlottery.experiment import load_experiment
-    from fedlottery.ray_runtime import check_resources, start_ray
-    from fedlottery.server_app import RESULT_FILES
+    from fedlottery.runtime.experiment import load_experiment
+    from fedlottery.runtime.ray_runtime import check_resources, start_ray
+    from fedlottery.runtime.server_app import RESULT_FILES
 
     cfg = load_experiment(args.config, rounds=args.rounds, strategies=strategies, settings=args.set)
     check_resources(cfg)
@@ -140,7 +140,7 @@ def _federated_job(args: argparse.Namespace, out_prefix: str = "", strategies: l
     make_partitions(dataset, cfg.partition, cfg.seed)
     _ensure_writable(out)
     if args.entry == "flwr":
-        from fedlottery.flwr_entry import check_flwr_entry
+        from fedlottery.runtime.flwr_entry import check_flwr_entry
 
         check_flwr_entry()
     else:
@@ -161,8 +161,8 @@ def _with_seed(cfg, seed: int):
 
 
 def _verbosity(args: argparse.Namespace) -> str:
-    """--quiet / --verbose as fedlottery.simulation's QUIET / NORMAL / VERBOSE; set up before Ray starts."""
-    from fedlottery.simulation import NORMAL, QUIET, VERBOSE, configure_output
+    """--quiet / --verbose as fedlottery.runtime.simulation's QUIET / NORMAL / VERBOSE; set up before Ray starts."""
+    from fedlottery.runtime.simulation import NORMAL, QUIET, VERBOSE, configure_output
 
     verbosity = QUIET if args.quiet else VERBOSE if args.verbose else NORMAL
     configure_output(verbosity)
@@ -171,8 +171,8 @@ def _verbosity(args: argparse.Namespace) -> str:
 
 def _choose_entry(args: argparse.Namespace) -> None:
     """--entry: `simulation` (in-process, Flower's deprecated run_simulation; the default while this Flower has
-    it) or `flwr` (`flwr run .`, fedlottery.flwr_entry). Sets args.entry; called before anything starts."""
-    from fedlottery.flwr_entry import in_process_entry_available
+    it) or `flwr` (`flwr run .`, fedlottery.runtime.flwr_entry). Sets args.entry; called before anything starts."""
+    from fedlottery.runtime.flwr_entry import in_process_entry_available
 
     if args.entry is None:
         args.entry = "simulation" if in_process_entry_available() else "flwr"
@@ -186,10 +186,10 @@ def _runner(args: argparse.Namespace, verbosity: str):
     import functools
 
     if args.entry == "flwr":
-        from fedlottery.flwr_entry import run_with_flwr
+        from fedlottery.runtime.flwr_entry import run_with_flwr
 
         return functools.partial(run_with_flwr, quiet=args.quiet)
-    from fedlottery.simulation import run_federated
+    from fedlottery.runtime.simulation import run_federated
 
     return functools.partial(run_federated, verbosity=verbosity)
 
@@ -200,7 +200,7 @@ def _run_all(cfg, out: Path, args: argparse.Namespace, verbosity: str) -> None:
     if not args.seeds:
         run(cfg, out, resume=args.resume)
         return
-    from fedlottery.seeds import run_seeds, seed_plots, seed_table
+    from fedlottery.runs.seeds import run_seeds, seed_plots, seed_table
 
     run_seeds(cfg, out, args.seeds, run, resume=args.resume)
     table = seed_table(out, args.baseline)
@@ -211,8 +211,8 @@ def _run_all(cfg, out: Path, args: argparse.Namespace, verbosity: str) -> None:
 
 
 def _check_resumable(out: Path, overwrite: bool, cfg) -> None:
-    from fedlottery.checkpoint import CHECKPOINT_FILE
-    from fedlottery.server_app import resumable_checkpoint
+    from fedlottery.runs.checkpoint import CHECKPOINT_FILE
+    from fedlottery.runtime.server_app import resumable_checkpoint
 
     if overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: --resume goes on with the results in "
@@ -224,7 +224,7 @@ def _check_resumable(out: Path, overwrite: bool, cfg) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fedlottery.report import comparison_table
+    from fedlottery.runs.report import comparison_table
 
     verbosity = _verbosity(args)  # before anything imports Ray or Flower
     _choose_entry(args)
@@ -239,7 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from fedlottery.report import report
+    from fedlottery.runs.report import report
     from strategies import available
 
     verbosity = _verbosity(args)  # before anything imports Ray or Flower
@@ -257,8 +257,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from fedlottery.report import report
-    from fedlottery.seeds import is_seeds_dir, seed_plots, seed_table, summaries
+    from fedlottery.runs.report import report
+    from fedlottery.runs.seeds import is_seeds_dir, seed_plots, seed_table, summaries
 
     dirs = [Path(d) for d in args.dirs]
     if len(dirs) == 1 and is_seeds_dir(dirs[0]):  # `--seeds` output, e.g. seeds run by separate processes
@@ -273,7 +273,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from fedlottery.merge import merge
+    from fedlottery.runs.merge import merge
 
     for line in merge(Path(args.source), Path(args.into), args.replace, args.strategies):
         print(line)
@@ -362,7 +362,7 @@ def _one_line(err: BaseException) -> str:
 
 
 def _stop_ray() -> None:
-    from fedlottery.ray_runtime import stop_ray
+    from fedlottery.runtime.ray_runtime import stop_ray
 
     stop_ray()
 

@@ -32,4 +32,10 @@ class WorkersLost(UserError, RuntimeError):
     its checkpoint is intact and `--resume` goes on once the cause is fixed."""
 
 
-__all__ = ["UserError", "ConfigError", "DataNotFoundError", "DataCorruptError", "ClusterError", "WorkersLost"]
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be resumed from: missing, empty, truncated, corrupt, of another format, or
+    holding pickled objects (refused unopened: loading those could run code)."""
+
+
+__all__ = ["UserError", "ConfigError", "DataNotFoundError", "DataCorruptError", "ClusterError", "WorkersLost",
+           "CheckpointError"]

@@ -17,7 +17,7 @@ from torch import nn
 from fedlottery.config import ImpConfig, to_dict
 from fedlottery.data import Dataset, load_dataset, train_val_split
 from fedlottery.models import build_model, clone_state, conv_names, output_layer_name, prunable_names
-from fedlottery.results import CsvLog, Progress, plot_levels, summarize_levels, write_json
+from fedlottery.runs.results import CsvLog, Progress, plot_levels, summarize_levels, write_json
 from fedlottery.sparsity import Mask, compound_rates, layer_rates, magnitude_prune, random_mask_like
 from fedlottery.supermask import (initial_probabilities, make_scores, score_optimizer, shuffled_batches,
                                   thresholded, train_scores)

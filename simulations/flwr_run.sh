@@ -12,7 +12,7 @@
 #      Flower's simulation process (it inherits them through the SuperLink daemon this script starts)
 #      RAY_ADDRESS=local unless set (Flower's backend calls a bare `ray.init()`, which would otherwise join
 #      the Ray cluster started last on this machine), RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0 and
-#      RAY_DEDUP_LOGS_SKIP_REGEX as `fedlottery run` does (no foreign warnings; fedlottery/simulation.py);
+#      RAY_DEDUP_LOGS_SKIP_REGEX as `fedlottery run` does (no foreign warnings; fedlottery/runtime/simulation.py);
 #   2. makes sure $FLWR_HOME/config.toml has a SuperLink connection `$FLWR_CONNECTION`
 #      (default "fedlottery-sim", address ":local:" = a local SuperLink the CLI starts on demand);
 #   3. runs `flwr run . $FLWR_CONNECTION --federation-config 'num-supernodes=20

@@ -16,9 +16,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedlottery.errors import UserError  # noqa: E402
-from fedlottery.experiment import load_experiment  # noqa: E402
-from fedlottery.report import comparison_table  # noqa: E402
-from fedlottery.simulation import run_federated  # noqa: E402
+from fedlottery.runtime.experiment import load_experiment  # noqa: E402
+from fedlottery.runs.report import comparison_table  # noqa: E402
+from fedlottery.runtime.simulation import run_federated  # noqa: E402
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from torch import nn
 from fedlottery.aggregation import ClientWeights
 from fedlottery.comm import CodecError, pack_state, unpack_state
 from fedlottery.config import CommConfig, LocalTrainingConfig
+from fedlottery.plain_state import from_plain, to_plain
 from fedlottery.sparsity import Mask
 from fedlottery.sparsity.mask_table import MaskTable
 from fedlottery.training import Split
@@ -156,6 +157,12 @@ class FederatedStrategy(Strategy):
 
     name: ClassVar[str] = ""
     options_cls: ClassVar[type] = NoOptions
+    # What a checkpoint saves (the server state that changes between rounds); a subclass with state of its own
+    # adds its attributes. Everything else is rebuilt from the set-up and options (`rebuilt_fields`).
+    state_fields: ClassVar[tuple[str, ...]] = (
+        "global_state", "masks", "client_holds", "state_version", "state_keep", "rng", "failures")
+    rebuilt_fields: ClassVar[frozenset[str]] = frozenset(
+        {"setup", "options", "shapes", "personal", "round_failures", "_pending"})
     broadcast: ClassVar[bool] = False
     communicates: ClassVar[bool] = True
     regrows: ClassVar[bool] = False
@@ -399,9 +406,15 @@ class FederatedStrategy(Strategy):
         return float(np.mean([self.masks.density(pid) for pid in sorted(self.masks)]))
 
     # ---- checkpoints ------------------------------------------------------------------------------------
-    def checkpoint_state(self) -> dict[str, Any]:
-        """Everything this strategy needs to go on (all attributes but the set-up, rebuilt on resume)."""
-        return {k: v for k, v in vars(self).items() if k not in ("setup", "_pending")}
+    def state_dict(self) -> dict[str, Any]:
+        """Everything this strategy needs to go on, as plain data (its `state_fields`; the rest is rebuilt
+        from the set-up and options on resume)."""
+        return {name: to_plain(getattr(self, name), f"{self.name}.{name}") for name in self.state_fields}
 
-    def restore_state(self, state: dict[str, Any]) -> None:
-        vars(self).update(state)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Go on from `state_dict()`'s output (a checkpoint written by the same strategy and config)."""
+        missing = [name for name in self.state_fields if name not in state]
+        if missing:
+            raise ValueError(f"{self.name}: the saved state lacks {', '.join(missing)}")
+        for name in self.state_fields:
+            setattr(self, name, from_plain(state[name]))

@@ -57,6 +57,7 @@ class FedLTNStrategy(FederatedStrategy):
 
     name = "fedltn"
     options_cls = FedLTNOptions
+    state_fields = FederatedStrategy.state_fields + ("velocity",)
     needs_validation = True  # the pruning gate is the trained model's validation accuracy
     metric_bounds = {"val-acc": (0.0, 1.0), "pruned": (0.0, 1.0), "density": (0.0, 1.0)}
 

@@ -85,6 +85,7 @@ class FedPMStrategy(FederatedStrategy):
 
     name = "fedpm"
     options_cls = FedPMOptions
+    state_fields = FederatedStrategy.state_fields + ("alpha", "beta")
     metric_bounds = {"density": (0.0, 1.0), "prob-mean": (0.0, 1.0)}
 
     # ---- client half ----------------------------------------------------------------------------------------

@@ -96,6 +96,8 @@ class _Flash(FederatedStrategy):
     """Stage 1 and the shared server state; subclasses say when masks change and how."""
 
     options_cls = FlashOptions
+    state_fields = FederatedStrategy.state_fields + ("generator", "level_of", "level_masks", "hunted")
+    rebuilt_fields = FederatedStrategy.rebuilt_fields | {"sizes"}
     searches_masks = False  # clients run prune-and-regrow in mask-search rounds (JMWST)
     regrows = True  # prune-and-regrow moves weights outside the mask sent, within its budget
     metric_bounds = {"density": (0.0, 1.0), "hunted-density": (0.0, 1.0), DENSITY_PREFIX + "*": (0.0, 1.0)}

@@ -57,6 +57,7 @@ from flwr.serverapp import strategy as flower_strategies
 from fedlottery.config import ConfigError
 from fedlottery.models import clone_state
 from fedlottery.training import evaluate, train
+from fedlottery.plain_state import from_plain, to_plain
 from strategies.base import ClientTask, ClientUpdate, FederatedStrategy, Reply
 
 PREFIX = "flwr:"
@@ -144,6 +145,9 @@ class FlowerStrategy(FederatedStrategy):
 
     flower_class: ClassVar[type] = flower_strategies.FedAvg
     options_cls = FlowerOptions
+    # The Flower strategy object is rebuilt from the options; its data attributes (FedOpt's current_arrays,
+    # m_t, v_t, ...) are saved beside fedlottery's own state (`state_dict`).
+    rebuilt_fields = FederatedStrategy.rebuilt_fields | {"flower", "flower_names", "round_config"}
     metric_bounds = {"train_loss": (0.0, math.inf)}
 
     # ---- options --------------------------------------------------------------------------------------
@@ -213,6 +217,15 @@ class FlowerStrategy(FederatedStrategy):
     def summary(self) -> None:
         super().summary()
         self.flower.summary()
+
+    def state_dict(self) -> dict[str, Any]:
+        flower = {k: to_plain(v, f"{self.name}.flower.{k}") for k, v in vars(self.flower).items() if not callable(v)}
+        return {**super().state_dict(), "flower": flower}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        for key, value in state.get("flower", {}).items():
+            setattr(self.flower, key, from_plain(value))
 
     def flower_arrays(self, state: dict[str, torch.Tensor]) -> ArrayRecord:
         return ArrayRecord({n: Array(state[n].detach().cpu().numpy()) for n in self.flower_names})

@@ -2,7 +2,7 @@
 
 `fedlottery.config` cannot import the strategy registry (the registry imports the config), so the checks that
 need it live here: `check_config(cfg)` runs them all, `options_for(cfg, name)` gives one strategy's typed options.
-`fedlottery.experiment.load_experiment` calls `check_config` for every run.
+`fedlottery.runtime.experiment.load_experiment` calls `check_config` for every run.
 """
 from __future__ import annotations
 

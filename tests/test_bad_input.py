@@ -213,7 +213,7 @@ def test_compare_checks_every_strategy_it_runs(tmp_path, out, capsys):
                                            "set simulation.actors <=")),
 ])
 def test_resources_the_machine_lacks(tmp_path, out, capsys, monkeypatch, simulation, patch, fragments):
-    import fedlottery.ray_runtime as runtime
+    import fedlottery.runtime.ray_runtime as runtime
 
     for name, value in patch.items():
         monkeypatch.setattr(runtime, name, lambda value=value: value)
@@ -227,7 +227,7 @@ def test_resources_the_machine_lacks(tmp_path, out, capsys, monkeypatch, simulat
     ("training: {device: 'cuda:2'}", 1, "training.device: 'cuda:2', but this machine has 1 CUDA GPU(s)"),
 ])
 def test_imp_device(tmp_path, out, capsys, monkeypatch, text, gpus, fragment):
-    import fedlottery.ray_runtime as runtime
+    import fedlottery.runtime.ray_runtime as runtime
 
     monkeypatch.setattr(runtime, "cuda_gpus", lambda: gpus)
     path = raw_file(tmp_path, text.encode() + b"\n")
@@ -235,8 +235,8 @@ def test_imp_device(tmp_path, out, capsys, monkeypatch, text, gpus, fragment):
 
 
 def test_a_cluster_address_skips_the_local_resource_checks(monkeypatch):
-    from fedlottery.experiment import experiment_from_dict
-    from fedlottery.ray_runtime import check_resources, ray_init_args
+    from fedlottery.runtime.experiment import experiment_from_dict
+    from fedlottery.runtime.ray_runtime import check_resources, ray_init_args
 
     cfg = experiment_from_dict(_merge(BASE, {"simulation": {"num_cpus": 1000, "ray_address": "10.0.0.1:6379"}}))
     check_resources(cfg)  # the cluster, not this machine, says what it has

@@ -1,6 +1,6 @@
 """The two personalised baselines: FedBN (BatchNorm stays on each client) and local training alone.
 
-`Federation` drives the real server half and the real ClientApp handler (`fedlottery.client_app._handle`) in
+`Federation` drives the real server half and the real ClientApp handler (`fedlottery.runtime.client_app._handle`) in
 this process, each client with its own Flower Context and the on-disk client-state store, so what is sent,
 stored and reloaded between rounds is exactly what a simulation does, without Ray.
 """
@@ -14,10 +14,10 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-import fedlottery.client_app as client_app
-import fedlottery.server_app as server_app
+import fedlottery.runtime.client_app as client_app
+import fedlottery.runtime.server_app as server_app
 from fedlottery.aggregation import ClientWeights
-from fedlottery.client_state import DirectoryStore
+from fedlottery.runs.client_state import DirectoryStore
 from fedlottery.comm import encode_tensor, pack_state
 from fedlottery.config import FederatedConfig, from_dict, to_dict
 from fedlottery.data import load_dataset, make_partitions
@@ -282,8 +282,8 @@ def test_local_model_persists_and_improves_over_rounds(tmp_path, flower_run, mon
 @needs_client_app
 @needs_server_app
 def test_fedbn_local_fedpm_and_fedselect_run_in_a_real_simulation(tmp_path):
-    from fedlottery.results import read_csv
-    from fedlottery.simulation import run_federated
+    from fedlottery.runs.results import read_csv
+    from fedlottery.runtime.simulation import run_federated
 
     cfg = small_config(["fedbn", "local", "fedpm", "fedselect"], clients_per_round=2,
                        evaluation={"every": 2, "deployed": True, "finetune_epochs": 1},

@@ -6,7 +6,7 @@ import pytest
 
 from fedlottery.config import (ConfigError, FederatedConfig, ImpConfig, from_dict, load_imp_config, load_yaml,
                                set_dotted)
-from fedlottery.experiment import check_imp_experiment, experiment_from_dict, load_experiment
+from fedlottery.runtime.experiment import check_imp_experiment, experiment_from_dict, load_experiment
 
 
 def test_defaults_are_valid():

@@ -1,7 +1,7 @@
 """Evaluation modes: fine-tuning before testing changes only the evaluated copy."""
 import torch
 
-from fedlottery.client_app import finetuned_accuracy
+from fedlottery.runtime.client_app import finetuned_accuracy
 from fedlottery.config import FederatedConfig, from_dict
 from fedlottery.models import clone_state
 from fedlottery.training import evaluate
@@ -31,7 +31,7 @@ def test_finetuning_respects_the_mask(make_task):
     seen = {}
     real_evaluate = evaluate
 
-    import fedlottery.client_app as client_app
+    import fedlottery.runtime.client_app as client_app
 
     def spy(model, data):
         seen.update({n: p.detach().clone() for n, p in model.named_parameters() if n in mask})

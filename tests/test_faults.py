@@ -5,9 +5,9 @@ import random
 import pytest
 
 from fedlottery.config import FederatedConfig, from_dict
-from fedlottery.faults import EVAL_FAULTS, TRAIN_FAULTS, draw, faults_of, injected
-from fedlottery.results import read_csv, read_json
-from fedlottery.simulation import run_federated
+from fedlottery.runtime.faults import EVAL_FAULTS, TRAIN_FAULTS, draw, faults_of, injected
+from fedlottery.runs.results import read_csv, read_json
+from fedlottery.runtime.simulation import run_federated
 
 
 def test_draws_are_fixed_by_their_arguments_and_uniform():
@@ -69,7 +69,7 @@ def test_injected_faults_are_counted_exactly_and_the_run_completes(tmp_path):
 
 
 def test_tables_flag_an_evaluation_that_missed_clients():
-    from fedlottery.report import comparison_table
+    from fedlottery.runs.report import comparison_table
 
     s = dict(personalized_acc_final=0.5, personalized_acc_std=0.1, evaluated_clients_final=19, clients=20,
              paper_metric_best_of_rounds=0.6, global_acc_final=None, density_mean_final=1.0, bytes_up=1,

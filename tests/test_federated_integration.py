@@ -4,10 +4,10 @@ import json
 import pytest
 
 from fedlottery.config import FederatedConfig, from_dict
-from fedlottery.report import report
-from fedlottery.results import read_csv
-from fedlottery.server_app import ROUND_COLUMNS
-from fedlottery.simulation import run_federated
+from fedlottery.runs.report import report
+from fedlottery.runs.results import read_csv
+from fedlottery.runtime.server_app import ROUND_COLUMNS
+from fedlottery.runtime.simulation import run_federated
 
 
 def _config():
@@ -101,7 +101,7 @@ def _message_bytes(message) -> int:
 
 @pytest.mark.slow
 def test_every_strategy_runs_and_the_meter_equals_the_bytes_really_sent(tmp_path, monkeypatch):
-    from fedlottery import server_app
+    from fedlottery.runtime import server_app
     from strategies import available
 
     recorded: list[RecordingGrid] = []

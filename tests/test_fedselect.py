@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-import fedlottery.client_app as client_app
+import fedlottery.runtime.client_app as client_app
 from fedlottery.comm import unpack_state
 from fedlottery.config import to_dict
 from fedlottery.models import build_model

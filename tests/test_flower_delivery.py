@@ -1,4 +1,4 @@
-"""fedlottery.flower_delivery: Flower internals it relies on, the one-pass sweep, and a real simulation."""
+"""fedlottery.runtime.delivery: Flower internals it relies on, the one-pass sweep, and a real simulation."""
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +21,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.federation import NoOpFederationManager
 
-from fedlottery import flower_delivery
+from fedlottery.runtime import delivery
 
 # sha256 (first 16 hex digits) of inspect.getsource(...) for the Flower code the patch was written against.
 PINNED_SOURCES = {
@@ -41,20 +41,20 @@ def test_flower_version_is_the_one_the_patch_was_written_for():
     import flwr
 
     assert flwr.__version__.startswith("1.41."), (
-        f"Flower is {flwr.__version__}; fedlottery/flower_delivery.py was written for 1.41. Re-read "
+        f"Flower is {flwr.__version__}; fedlottery/runtime/delivery.py was written for 1.41. Re-read "
         "vce_api.add_messages_to_queue and InMemoryLinkState.get_message_ins: if Flower now delivers in one "
         "pass, drop the patch; otherwise re-check the private attributes it uses and update this test.")
 
 
 def test_patched_flower_sources_are_unchanged():
     current = {
-        "vce_api.add_messages_to_queue": _source_hash(flower_delivery.flower_loop()),
+        "vce_api.add_messages_to_queue": _source_hash(delivery.flower_loop()),
         "InMemoryLinkState.get_message_ins": _source_hash(InMemoryLinkState.get_message_ins),
         "InMemoryLinkState._check_stored_messages": _source_hash(InMemoryLinkState._check_stored_messages),
     }
     changed = {k: v for k, v in current.items() if PINNED_SOURCES[k] != v}
     assert not changed, (
-        f"Flower changed {sorted(changed)} (new hashes {changed}). fedlottery/flower_delivery.py re-implements "
+        f"Flower changed {sorted(changed)} (new hashes {changed}). fedlottery/runtime/delivery.py re-implements "
         "the delivery loop (one message per node per sweep, delivered_at stamping, the per-message "
         "TTL/federation check via _check_stored_messages): re-read the new source, keep the replacement in step "
         "(or remove it if Flower's loop no longer scans the store once per node), then update PINNED_SOURCES.")
@@ -63,7 +63,7 @@ def test_patched_flower_sources_are_unchanged():
 def test_private_flower_attributes_used_exist():
     # run_api looks the loop up by global name when it starts the extractor thread, so patching the module works
     assert "add_messages_to_queue" in vce_api.run_api.__code__.co_names
-    assert list(inspect.signature(flower_delivery.flower_loop()).parameters) == [
+    assert list(inspect.signature(delivery.flower_loop()).parameters) == [
         "state", "queue", "nodes_mapping", "f_stop"]
     state = _state_factory().state()
     assert type(state) is InMemoryLinkState  # what run_simulation's LinkStateFactory(FLWR_IN_MEMORY_DB_NAME) makes
@@ -74,25 +74,25 @@ def test_private_flower_attributes_used_exist():
 
 @pytest.fixture
 def not_installed():
-    """Start from Flower's loop; put back whatever was there (fedlottery.simulation installs the patch)."""
-    was_installed = flower_delivery.installed()
-    flower_delivery.uninstall()
+    """Start from Flower's loop; put back whatever was there (fedlottery.runtime.simulation installs the patch)."""
+    was_installed = delivery.installed()
+    delivery.uninstall()
     yield
-    flower_delivery.uninstall()
+    delivery.uninstall()
     if was_installed:
-        flower_delivery.install()
+        delivery.install()
 
 
 def test_install_is_idempotent_and_uninstall_restores(not_installed):
     original = vce_api.add_messages_to_queue
-    assert original is not flower_delivery.add_messages_to_queue
-    flower_delivery.install()
-    flower_delivery.install()
-    assert vce_api.add_messages_to_queue is flower_delivery.add_messages_to_queue
-    assert flower_delivery.flower_loop() is original
-    flower_delivery.uninstall()
+    assert original is not delivery.add_messages_to_queue
+    delivery.install()
+    delivery.install()
+    assert vce_api.add_messages_to_queue is delivery.add_messages_to_queue
+    assert delivery.flower_loop() is original
+    delivery.uninstall()
     assert vce_api.add_messages_to_queue is original
-    flower_delivery.uninstall()
+    delivery.uninstall()
     assert vce_api.add_messages_to_queue is original
 
 
@@ -149,7 +149,7 @@ def _drain(state, nodes, one_sweep) -> list[list[str]]:
 
 def test_sweep_delivers_each_message_once_at_most_one_per_node_per_sweep(superlink_identity):
     state, nodes, messages = _state_with_messages(6, LAYOUT)
-    sweeps = _drain(state, nodes, flower_delivery.sweep)
+    sweeps = _drain(state, nodes, delivery.sweep)
     delivered = [g for s in sweeps for g in s]
     assert sorted(delivered) == sorted(str(i) for i in range(len(LAYOUT)))  # each exactly once
     for s in sweeps:
@@ -166,7 +166,7 @@ def test_sweep_picks_what_flowers_loop_picks(superlink_identity):
     def flower_sweep(state, nodes):
         return [m for n in nodes for m in state.get_message_ins(node_id=n, limit=1)]
 
-    ours = _drain(*_state_with_messages(6, LAYOUT)[:2], flower_delivery.sweep)
+    ours = _drain(*_state_with_messages(6, LAYOUT)[:2], delivery.sweep)
     flowers = _drain(*_state_with_messages(6, LAYOUT)[:2], flower_sweep)
     assert ours == flowers
 
@@ -175,18 +175,18 @@ def test_sweep_drops_expired_messages_and_skips_unknown_nodes(superlink_identity
     state, nodes, messages = _state_with_messages(4, [0, 1, 2, 3])
     messages[1].metadata.created_at -= messages[1].metadata.ttl + 1  # expired
     del nodes[next(n for n, p in nodes.items() if p == 3)]  # not one of this runtime's supernodes
-    got = flower_delivery.sweep(state, nodes)
+    got = delivery.sweep(state, nodes)
     assert sorted(m.metadata.group_id for m in got) == ["0", "2"]
     assert messages[1].metadata.message_id not in state.message_ins_store  # deleted, as Flower does
     assert messages[3].metadata.delivered_at == ""  # left for whoever serves that node
-    assert flower_delivery.sweep(state, nodes) == []
+    assert delivery.sweep(state, nodes) == []
 
 
 def test_loop_thread_queues_everything_and_stops(superlink_identity):
     state, nodes, messages = _state_with_messages(5, LAYOUT[:10])
     queue: Queue = Queue()
     f_stop = threading.Event()
-    thread = threading.Thread(target=flower_delivery.add_messages_to_queue, args=(state, queue, nodes, f_stop))
+    thread = threading.Thread(target=delivery.add_messages_to_queue, args=(state, queue, nodes, f_stop))
     thread.start()
     deadline = time.monotonic() + 5
     while queue.qsize() < 10 and time.monotonic() < deadline:
@@ -209,10 +209,10 @@ def test_other_state_classes_get_flowers_loop():
 
     state, f_stop = OtherState(), threading.Event()
     f_stop.set()  # Flower's loop checks the event first: run it once by hand instead
-    flower_delivery.add_messages_to_queue(state, Queue(), {11: 0, 12: 1}, f_stop)
+    delivery.add_messages_to_queue(state, Queue(), {11: 0, 12: 1}, f_stop)
     assert state.calls == []
     f_stop.clear()
-    thread = threading.Thread(target=flower_delivery.add_messages_to_queue,
+    thread = threading.Thread(target=delivery.add_messages_to_queue,
                               args=(state, Queue(), {11: 0, 12: 1}, f_stop))
     thread.start()
     time.sleep(0.05)
@@ -230,13 +230,13 @@ def test_run_simulation_delivers_every_message_with_the_patch(monkeypatch, not_i
     from flwr.simulation import run_simulation
 
     num_nodes, sweeps, replies, errors = 30, [0], {}, []
-    real_sweep = flower_delivery.sweep
+    real_sweep = delivery.sweep
 
     def counting_sweep(state, nodes):
         sweeps[0] += 1
         return real_sweep(state, nodes)
 
-    monkeypatch.setattr(flower_delivery, "sweep", counting_sweep)
+    monkeypatch.setattr(delivery, "sweep", counting_sweep)
 
     client = ClientApp()
 
@@ -266,7 +266,7 @@ def test_run_simulation_delivers_every_message_with_the_patch(monkeypatch, not_i
             errors.append(err)
 
     identity = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id  # run_simulation sets it
-    flower_delivery.install()
+    delivery.install()
     try:
         run_simulation(server_app=server, client_app=client, num_supernodes=num_nodes, backend_name="ray",
                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},

@@ -1,6 +1,6 @@
 """Flower interop both ways.
 
-(a) fedlottery's ClientApp answers stock Flower messages (fedlottery/flower_client.py): plain local training
+(a) fedlottery's ClientApp answers stock Flower messages (fedlottery/runtime/stock_client.py): plain local training
     with "lr" and FedProx's "proximal-mu" honoured, evaluation on the local test set; a stock Flower ServerApp
     (flwr.serverapp.strategy.FedAvg with its own `start`) drives it through `run_simulation`.
 (b) Flower's own strategies run inside fedlottery's loop as `flwr:<ClassName>` (strategies/flower.py): names
@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 
 from fedlottery.comm import pack_state
 from fedlottery.config import ConfigError, LocalTrainingConfig, to_dict
-from fedlottery.experiment import experiment_from_dict, load_experiment
+from fedlottery.runtime.experiment import experiment_from_dict, load_experiment
 from fedlottery.models import build_model
 from fedlottery.training import train
 from strategies import get_strategy, options_for
@@ -218,9 +218,9 @@ def test_fedprox_sends_proximal_mu_and_fedadam_keeps_its_server_state(make_setup
 def test_server_state_survives_a_checkpoint(make_setup, flower_run, tmp_path):
     adam = _server("flwr:FedAdam", make_setup, {"eta": 0.01})
     adam.aggregate_train(1, _replies(adam, _push(adam, 1)))
-    torch.save(adam.checkpoint_state(), tmp_path / "state.pt")
+    torch.save(adam.state_dict(), tmp_path / "state.pt")
     restored = _server("flwr:FedAdam", make_setup, {"eta": 0.01})
-    restored.restore_state(torch.load(tmp_path / "state.pt", weights_only=False))
+    restored.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
     for strategy in (adam, restored):
         strategy.aggregate_train(2, _replies(strategy, _push(strategy, 2)))
     for name in adam.global_state:
@@ -294,13 +294,13 @@ def _stock_message(config_path: Path, message_type: str, config: dict, seed=3) -
 
 
 def test_stock_messages_train_and_evaluate_in_process(tmp_path, flower_run):
-    from fedlottery import client_app, flower_client
+    from fedlottery.runtime import client_app, stock_client
 
     path = _write(tmp_path)
 
     def trained(config):
         message, context = _stock_message(path, MessageType.TRAIN, config)
-        assert flower_client.is_standard(message)
+        assert stock_client.is_standard(message)
         reply = client_app.train_round(message, context)
         assert not reply.has_error() and reply.metadata.reply_to_message_id == message.metadata.message_id
         assert set(reply.content) == {"arrays", "metrics"}
@@ -308,9 +308,9 @@ def test_stock_messages_train_and_evaluate_in_process(tmp_path, flower_run):
 
     plain, metrics = trained({"server-round": 1})
     cfg = load_experiment(path)
-    from fedlottery.client_app import _partitions
+    from fedlottery.runtime.client_cache import partitions
 
-    _, splits = _partitions(json.dumps(to_dict(cfg)))
+    _, splits = partitions(json.dumps(to_dict(cfg)))
     assert metrics["num-examples"] == len(splits[1].train) and metrics["train_loss"] > 0
     again, _ = trained({"server-round": 1})
     assert all(torch.equal(plain[k], again[k]) for k in plain)  # seeded by (seed, round, partition)
@@ -326,13 +326,13 @@ def test_stock_messages_train_and_evaluate_in_process(tmp_path, flower_run):
 
 
 def test_stock_message_with_the_wrong_model_is_a_clear_error(tmp_path, flower_run):
-    from fedlottery import flower_client
+    from fedlottery.runtime import stock_client
 
     message, context = _stock_message(_write(tmp_path), MessageType.TRAIN, {})
     context.run_config = {"config": str(_write(tmp_path, {"model": {"name": "cnn_digits"}}))}
-    flower_client._experiment_json.cache_clear()
+    stock_client._experiment_json.cache_clear()
     with pytest.raises(ValueError, match="do not fit this experiment's model 'cnn_digits'"):
-        flower_client.train(message, context)
+        stock_client.train(message, context)
 
 
 # ---- real simulations ---------------------------------------------------------------------------------------------
@@ -343,14 +343,14 @@ def test_a_stock_flower_serverapp_drives_fedlottery_clients(tmp_path, monkeypatc
     from flwr.serverapp.strategy import FedAvg
     from flwr.simulation import run_simulation
 
-    from fedlottery.client_app import app as client_app
-    from fedlottery.flower_client import CONFIG_ENV
-    from fedlottery.ray_runtime import ray_init_args
+    from fedlottery.runtime.client_app import app as client_app
+    from fedlottery.runtime.stock_client import CONFIG_ENV
+    from fedlottery.runtime.ray_runtime import ray_init_args
 
     path = _write(tmp_path, {"model": {"name": "cnn_digits"}})  # not default.yaml's model: the path must arrive
     cfg = load_experiment(path)
     monkeypatch.setenv(CONFIG_ENV, str(path))  # run_simulation's clients get an empty run config; Ray inherits this
-    monkeypatch.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # as fedlottery.simulation.configure_output does
+    monkeypatch.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # as fedlottery.runtime.simulation.configure_output does
 
     class Counting(FedAvg):
         def __init__(self, **kwargs):
@@ -393,8 +393,8 @@ def test_a_stock_flower_serverapp_drives_fedlottery_clients(tmp_path, monkeypatc
 @pytest.mark.slow
 def test_flower_strategies_inside_the_loop_match_fedavg(tmp_path):
     """One real small simulation: fedlottery's fedavg, Flower's FedAvg, FedProx and FedAdam as flwr:<Class>."""
-    from fedlottery.results import read_csv
-    from fedlottery.simulation import run_federated
+    from fedlottery.runs.results import read_csv
+    from fedlottery.runtime.simulation import run_federated
 
     cfg = experiment_from_dict(_config({
         "strategies": ["fedavg", "flwr:FedAvg", "flwr:FedProx", "flwr:FedAdam"], "rounds": 3,

@@ -261,7 +261,7 @@ def test_flwr_seeded_partitioner_gets_the_experiment_seed():
 
 
 def test_flwr_scheme_from_yaml(tmp_path):
-    from fedlottery.experiment import load_experiment
+    from fedlottery.runtime.experiment import load_experiment
 
     path = tmp_path / "exp.yaml"
     path.write_text(textwrap.dedent("""\
@@ -306,10 +306,12 @@ def test_flwr_scheme_from_yaml(tmp_path):
     ({"scheme": "dirichlet", "args": {"alpha": 1}}, r"^partition\.args: only used with scheme: flwr"),
 ])
 def test_flwr_bad_names_and_args_are_config_errors(partition, pattern):
-    """Caught by the config loader itself, before any data is read or Ray started."""
+    """Caught when the config is loaded (fedlottery.runtime.experiment), before any data is read or Ray started."""
+    from fedlottery.runtime.experiment import experiment_from_dict
+
     section = {"scheme": "flwr", **partition}
     with pytest.raises(ConfigError, match=pattern):
-        from_dict(FederatedConfig, {"partition": section})
+        experiment_from_dict({"partition": section})
 
 
 def test_flwr_errors_that_need_the_data_are_config_errors():

@@ -7,7 +7,7 @@ import torch
 from fedlottery.cli import main
 from fedlottery.config import ImpConfig, from_dict
 from fedlottery.imp import LEVEL_COLUMNS, EarlyBird, ImpRunner
-from fedlottery.results import read_csv
+from fedlottery.runs.results import read_csv
 from fedlottery.sparsity import Mask
 
 

@@ -6,8 +6,8 @@ import pytest
 from fedlottery.cli import main
 from fedlottery.config import FederatedConfig, from_dict, to_dict
 from fedlottery.errors import ConfigError
-from fedlottery.merge import merge
-from fedlottery.results import CsvLog, read_csv, read_json, write_json
+from fedlottery.runs.merge import merge
+from fedlottery.runs.results import CsvLog, read_csv, read_json, write_json
 
 ROUND_COLUMNS = ["round", "strategy", "seed", "personalized_acc_mean"]
 CLIENT_COLUMNS = ["strategy", "seed", "partition_id", "final_acc"]

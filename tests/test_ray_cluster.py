@@ -32,9 +32,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedlottery import client_app
+from fedlottery.runtime import client_app
 from fedlottery.config import ConfigError, FederatedConfig, from_dict, to_dict
-from fedlottery.ray_runtime import check_resources
+from fedlottery.runtime.ray_runtime import check_resources
 
 RAY_CLI = Path(sys.executable).with_name("ray")  # the ray of this environment (the same code on both nodes)
 START_TIMEOUT_S = 60.0
@@ -200,8 +200,8 @@ def _client_calls_per_node(address: str, wait_s: float = 15.0) -> tuple[dict[str
 
 @pytest.mark.slow
 def test_a_run_attached_to_a_two_node_cluster_runs_clients_on_both_nodes(two_node_cluster, tmp_path):
-    from fedlottery.results import read_csv
-    from fedlottery.simulation import run_federated
+    from fedlottery.runs.results import read_csv
+    from fedlottery.runtime.simulation import run_federated
 
     cfg = _config(ray_address=two_node_cluster.address)
     summary = run_federated(cfg, tmp_path, log=lambda _: None)
@@ -277,8 +277,8 @@ def test_device_for_refuses_a_gpu_it_cannot_see_instead_of_training_on_the_cpu(c
 
 
 def test_a_gpu_index_no_client_actor_can_see_is_refused_up_front(monkeypatch):
-    monkeypatch.setattr("fedlottery.ray_runtime.cuda_gpus", lambda: 2)
-    monkeypatch.setattr("fedlottery.ray_runtime.machine_cpus", lambda: 4)
+    monkeypatch.setattr("fedlottery.runtime.ray_runtime.cuda_gpus", lambda: 2)
+    monkeypatch.setattr("fedlottery.runtime.ray_runtime.machine_cpus", lambda: 4)
     monkeypatch.delenv("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES", raising=False)
     check_resources(_config(device="cuda:1", num_gpus=2))  # two GPUs per actor: cuda:0 and cuda:1
     for cfg in (_config(device="cuda:1", num_gpus=1), _config(device="cuda:1", num_gpus=0.5),

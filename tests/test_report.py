@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 
-from fedlottery.report import PLOTS, colours, comparison_table, experiment_title, figures, report  # noqa: E402
+from fedlottery.runs.report import PLOTS, colours, comparison_table, experiment_title, figures, report  # noqa: E402
 
 CONFIG = {"seed": 0, "rounds": 15, "data": {"dataset": "digits"}, "model": {"name": "mlp_digits"},
           "partition": {"scheme": "shards", "num_clients": 6}}
@@ -29,7 +29,7 @@ def _strategy(acc: float, density: float, partial: bool = False) -> dict:
 SUMMARIES = [("alpha", {"config": CONFIG, "strategies": {"lotteryfl": _strategy(0.6834, 0.79),
                                                          "fedavg": _strategy(0.8754, 1.0, partial=True)}}),
              ("beta", {"config": CONFIG, "strategies": {"cell": _strategy(0.7, 0.5)}})]
-# comparison_table's output for SUMMARIES before the plots were reworked (git show 5f1b477:fedlottery/report.py)
+# comparison_table's output for SUMMARIES before the plots were reworked (git show 5f1b477:fedlottery/runs/report.py)
 TABLE = (
     "| run | strategy | personalised acc % (final, all clients) | paper metric % (best of rounds) | global acc % | "
     "deployed acc % (own last trained weights) | fine-tuned acc % | mean density | MiB up | MiB down | MiB down as "

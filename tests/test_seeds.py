@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedlottery.seeds import seed_table
+from fedlottery.runs.seeds import seed_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

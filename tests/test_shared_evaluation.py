@@ -1,12 +1,12 @@
-"""A model many clients share is scored once per process (fedlottery.shared_evaluation), and that changes cost,
+"""A model many clients share is scored once per process (fedlottery.runtime.shared_evaluation), and that changes cost,
 never a number: each client's loss and accuracy equal testing it on its own images."""
 import pytest
 import torch
 
-import fedlottery.client_app as client_app
-import fedlottery.shared_evaluation as shared_evaluation
+import fedlottery.runtime.client_app as client_app
+import fedlottery.runtime.shared_evaluation as shared_evaluation
 from fedlottery.models import build_model
-from fedlottery.shared_evaluation import evaluate_shared, worth_sharing
+from fedlottery.runtime.shared_evaluation import evaluate_shared, worth_sharing
 from fedlottery.training import evaluate, evaluate_per_example
 from test_baselines import Federation, small_config
 

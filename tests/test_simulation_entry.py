@@ -1,5 +1,5 @@
 """The two ways into Flower's simulation runtime give the same result files: `fedlottery run` (in-process,
-fedlottery/simulation.py) and `flwr run .` (simulations/flwr_run.sh: local SuperLink, FAB, `flwr-simulation`
+fedlottery/runtime/simulation.py) and `flwr run .` (simulations/flwr_run.sh: local SuperLink, FAB, `flwr-simulation`
 process). Plus what a person sees: no foreign warnings, --quiet, the partition table, the ETA; and the Flower
 details the in-process entry relies on (the banner it drops, the ClientApp reference that installs the delivery
 loop in Flower's own simulation process)."""
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedlottery import simulation
-from fedlottery.results import Progress, partition_table
+from fedlottery.runtime import simulation
+from fedlottery.runs.results import Progress, partition_table
 
 ROOT = Path(__file__).resolve().parents[1]
 FOREIGN = ("DEPRECATED FEATURE", "FutureWarning", "Manually terminating", "Traceback", "RAY_ACCEL_ENV_VAR")
@@ -83,7 +83,7 @@ def test_flwr_run_and_fedlottery_run_write_the_same_results(tmp_path):
     assert flwr.returncode == 0, output[-3000:]
     assert "finished:completed" in output and "supernodes=4  cpus/client=1" in output
     # the ClientApp reference installed the one-pass delivery loop in Flower's simulation process
-    assert "message delivery: fedlottery.flower_delivery" in output, output[-3000:]
+    assert "message delivery: fedlottery.runtime.delivery" in output, output[-3000:]
     assert "FutureWarning" not in output and "Manually terminating" not in output
 
     assert _without_wall_times(theirs) == _without_wall_times(ours)
@@ -178,21 +178,21 @@ def _python(code: str) -> str:
 
 
 def test_the_command_line_imports_neither_ray_nor_flower_before_configure_output():
-    assert _python("import sys, fedlottery.cli, fedlottery.simulation, fedlottery.report; "
+    assert _python("import sys, fedlottery.cli, fedlottery.runtime.simulation, fedlottery.runs.report; "
                    "print(sorted(m for m in ('ray', 'flwr') if m in sys.modules))") == "[]"
 
 
 def test_flwr_runs_clientapp_reference_installs_the_delivery_loop_only_in_the_simulation_process():
     components = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["components"]
-    assert components["clientapp"] == "fedlottery.simulation:client_app"
+    assert components["clientapp"] == "fedlottery.runtime.simulation:client_app"
     check = ("import sys; from flwr.supercore.object_ref import load_app, validate; "
-             "assert validate('fedlottery.simulation:client_app') == (True, None); "
+             "assert validate('fedlottery.runtime.simulation:client_app') == (True, None); "
              "from flwr.clientapp import ClientApp; {pre}"
-             "app = load_app('fedlottery.simulation:client_app', ValueError); assert isinstance(app, ClientApp); "
-             "import fedlottery.client_app; assert app is fedlottery.client_app.app; "
+             "app = load_app('fedlottery.runtime.simulation:client_app', ValueError); assert isinstance(app, ClientApp); "
+             "import fedlottery.runtime.client_app; assert app is fedlottery.runtime.client_app.app; "
              "vce = 'flwr.server.superlink.fleet.vce.vce_api'; "
-             "print(vce in sys.modules, 'fedlottery.flower_delivery' in sys.modules and "
-             "sys.modules['fedlottery.flower_delivery'].installed())")
+             "print(vce in sys.modules, 'fedlottery.runtime.delivery' in sys.modules and "
+             "sys.modules['fedlottery.runtime.delivery'].installed())")
     # a SuperNode / Ray actor without Flower's simulation runtime: nothing imported, nothing patched
     assert _python(check.format(pre="")) == "False False"
     # Flower's simulation process (vce_api loaded before it loads the ClientApp): patched
@@ -216,7 +216,7 @@ def test_partition_table():
 
 def test_eta_leaves_out_the_first_unit(monkeypatch):
     clock = iter([0.0, 30.0, 30.0, 32.0, 32.0, 34.0, 34.0, 36.0, 36.0])  # start; then (step, elapsed) per unit
-    monkeypatch.setattr("fedlottery.results.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("fedlottery.runs.results.time.perf_counter", lambda: next(clock))
     lines: list[str] = []
     progress = Progress(4, lines.append)
     for k in range(4):
@@ -255,9 +255,9 @@ def test_without_run_simulation_the_command_falls_back_to_flwr_run(monkeypatch, 
 
 
 def test_flwr_entry_passes_the_effective_experiment_and_the_simulation_section(tmp_path, monkeypatch):
-    from fedlottery import flwr_entry
+    from fedlottery.runtime import flwr_entry
     from fedlottery.config import to_dict
-    from fedlottery.experiment import load_experiment
+    from fedlottery.runtime.experiment import load_experiment
 
     cfg = load_experiment(str(_config(tmp_path)), rounds=7)
     cfg.simulation.num_gpus, cfg.simulation.ray_address = 0.25, "10.0.0.1:6379"
@@ -281,8 +281,8 @@ def test_flwr_entry_passes_the_effective_experiment_and_the_simulation_section(t
 
 
 def test_a_failed_flwr_run_is_an_error_with_its_log(tmp_path, monkeypatch, capsys):
-    from fedlottery import flwr_entry
-    from fedlottery.experiment import load_experiment
+    from fedlottery.runtime import flwr_entry
+    from fedlottery.runtime.experiment import load_experiment
 
     fake = tmp_path / "flwr_run.sh"
     fake.write_text("#!/usr/bin/env bash\necho 'ServerApp raised ValueError: boom'\nexit 1\n")

@@ -51,12 +51,18 @@ class ByteMeter:
     rows: dict = field(default_factory=lambda: defaultdict(lambda: {"payload": 0, "values": 0}))
     broadcast: dict[int, int] = field(default_factory=dict)
 
-    def __getstate__(self) -> dict:  # the defaultdict's factory is a lambda: pickle plain dicts
-        return {"rows": {k: dict(v) for k, v in self.rows.items()}, "broadcast": dict(self.broadcast)}
+    def state_dict(self) -> dict:
+        """Plain data for a checkpoint: one [round, partition, direction, payload, values] row per entry."""
+        return {"rows": [[r, p, d, v["payload"], v["values"]] for (r, p, d), v in self.rows.items()],
+                "broadcast": dict(self.broadcast)}
 
-    def __setstate__(self, state: dict) -> None:
-        self.rows = defaultdict(lambda: {"payload": 0, "values": 0}, state["rows"])
-        self.broadcast = state["broadcast"]
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "ByteMeter":
+        meter = cls()
+        for r, p, d, payload, values in state["rows"]:
+            meter.rows[(r, p, d)] = {"payload": payload, "values": values}
+        meter.broadcast = dict(state["broadcast"])
+        return meter
 
     def add(self, round_: int, partition: int, direction: str, payload: int, values: int = 0) -> None:
         entry = self.rows[(round_, partition, direction)]

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 # PartitionConfig lives in fedlottery.config (the config tree is a leaf of the import graph); re-exported here.
-from fedlottery.config import SCHEMES, TEST_MODES, PartitionConfig
+from fedlottery.config import PartitionConfig
+from fedlottery.data.flwr_partitioners import flwr_partitioner
 from fedlottery.data.datasets import Dataset
 from fedlottery.errors import ConfigError
 
@@ -241,13 +242,13 @@ def _cached_shares(y: np.ndarray, num_classes: int, cfg: PartitionConfig, seed: 
     every client actor builds the partitions again.  The command line builds them before Ray starts, so the
     actors find them here.  The file name is a SHA-256 of everything the shares depend on: the training labels,
     the number of classes, the scheme's settings, the seed and the versions of flwr-datasets, datasets and
-    numpy, and the source of this module and of fedlottery/config.py (which build the partitioner).  A file
+    numpy, and the source of this module and of fedlottery/data/flwr_partitioners.py (which builds the partitioner).  A file
     that does not match (damaged, foreign) is recomputed; a cache that cannot be written is only a warning.
     Files are a few hundred KiB (4 bytes per training image); delete them at any time.
     """
     from importlib import metadata
 
-    import fedlottery.config as config_module
+    import fedlottery.data.flwr_partitioners as flwr_partitioners_module
     from fedlottery.data.datasets import _cache_dir, _write_npz_atomic
 
     def version(package: str) -> str:
@@ -264,7 +265,7 @@ def _cached_shares(y: np.ndarray, num_classes: int, cfg: PartitionConfig, seed: 
                           sort_keys=True, default=repr)
     digest = hashlib.sha256(material.encode())
     digest.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
-    for source in (__file__, config_module.__file__):  # the code that seeds, builds and reads the partitioner
+    for source in (__file__, flwr_partitioners_module.__file__):  # the code that seeds, builds and reads the partitioner
         digest.update(pathlib.Path(source).read_bytes())
     key = digest.hexdigest()
     path = _cache_dir() / "partitions" / f"{cfg.scheme}-{cfg.num_clients}-{key[:32]}.npz"
@@ -309,7 +310,7 @@ def _build_partitioner(cfg: PartitionConfig, seed: int) -> Any:
         return fp.PathologicalPartitioner(num_partitions=cfg.num_clients, partition_by="label",
                                           num_classes_per_partition=int(cfg.labels_per_client),
                                           class_assignment_mode=PATHOLOGICAL_MODE, shuffle=False, seed=seed)
-    return cfg.flwr_partitioner(seed=seed, path="partition")
+    return flwr_partitioner(cfg, seed=seed, path="partition")
 
 
 def _read_partitions(partitioner: Any, n_clients: int) -> list[np.ndarray]:

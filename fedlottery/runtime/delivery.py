@@ -32,7 +32,7 @@ Removing it
 -----------
 When Flower's loop no longer scans the store once per node (check ``add_messages_to_queue`` in
 ``vce_api.py`` and ``InMemoryLinkState.get_message_ins``), delete the ``install()`` call (in
-``fedlottery/simulation.py``), this module and its test. If the pinned test fails after a Flower upgrade,
+``fedlottery/runtime/simulation.py``), this module and its test. If the pinned test fails after a Flower upgrade,
 re-read those two functions and either update the hashes (behaviour unchanged) or drop the patch.
 """
 from __future__ import annotations

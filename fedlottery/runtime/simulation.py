@@ -21,7 +21,7 @@ result files, tests/test_simulation_entry.py) costs what this command promises n
   "What a run prints, and which Flower entry runs it"): the SuperLink daemon, building, uploading and installing
   the FAB, and a second Python process importing everything again;
 - Ray: Flower's backend calls `ray.init()` in the `flwr-simulation` process before the ServerApp has read the
-  config, so neither the private local instance nor the checked explicit cluster of `fedlottery.ray_runtime`
+  config, so neither the private local instance nor the checked explicit cluster of `fedlottery.runtime.ray_runtime`
   (`start_ray`, run here before anything else) could be guaranteed (a bare `ray.init()` attaches to whichever
   cluster was started last on the machine);
 - failures and Ctrl-C: `flwr run` exits 0 when the ServerApp fails (the status must be polled), and Ctrl-C
@@ -31,9 +31,9 @@ result files, tests/test_simulation_entry.py) costs what this command promises n
 When Flower removes `run_simulation`, its import in `run_federated` fails loudly; the replacement is the runtime
 it wraps (`_run_simulation`, what `flwr run` itself executes) or `flwr run` with the costs above.
 
-`flwr run .` loads the ClientApp as `fedlottery.simulation:client_app` (pyproject's [tool.flwr.app.components]):
+`flwr run .` loads the ClientApp as `fedlottery.runtime.simulation:client_app` (pyproject's [tool.flwr.app.components]):
 Flower's simulation process loads the ClientApp in its main thread before it starts the delivery loop, so
-resolving that attribute installs `fedlottery.flower_delivery` there, in the process that runs `vce_api`,
+resolving that attribute installs `fedlottery.runtime.delivery` there, in the process that runs `vce_api`,
 deterministically (the ServerApp is loaded in a concurrent thread, too late to be sure).
 """
 from __future__ import annotations
@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from fedlottery.config import FederatedConfig
-from fedlottery.ray_runtime import ray_init_args, start_ray
-from fedlottery.results import read_json, stderr_log
+from fedlottery.runtime.ray_runtime import ray_init_args, start_ray
+from fedlottery.runs.results import read_json, stderr_log
 
 QUIET, NORMAL, VERBOSE = "quiet", "normal", "verbose"
 
@@ -128,7 +128,7 @@ def _describe_ray(cfg: FederatedConfig, log: Callable[[str], None]) -> None:
     """One line on where the clients run: how many client actors fit, on which Ray."""
     import ray
 
-    from fedlottery.ray_runtime import cluster_address
+    from fedlottery.runtime.ray_runtime import cluster_address
 
     resources = ray.cluster_resources()
     sim = cfg.simulation
@@ -146,7 +146,7 @@ def run_federated(cfg: FederatedConfig, out_dir: Path, log: Callable[[str], None
                   resume: bool = False, verbosity: str = NORMAL) -> dict:
     """Run the experiment through Flower's simulation runtime in this process; returns summary.json's content.
 
-    resume: go on from the checkpoint in out_dir (see fedlottery.checkpoint). Client state lives in
+    resume: go on from the checkpoint in out_dir (see fedlottery.runs.checkpoint). Client state lives in
     out_dir/client_state, so it survives a kill and stays out of the driver's memory.
     verbosity: QUIET / NORMAL / VERBOSE (see `configure_output`, which the command line calls before Ray starts).
     An exception in the ServerApp is raised here once the runtime has shut down.
@@ -155,16 +155,16 @@ def run_federated(cfg: FederatedConfig, out_dir: Path, log: Callable[[str], None
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
-    from fedlottery import flower_delivery
-    from fedlottery.client_app import app as client_app
-    from fedlottery.server_app import run_experiment
+    from fedlottery.runtime import delivery
+    from fedlottery.runtime.client_app import app as client_app
+    from fedlottery.runtime.server_app import run_experiment
 
     if log is None:
         log = _quiet_log if verbosity == QUIET else stderr_log
     out_dir = Path(out_dir)
     configure_output(verbosity)  # idempotent; the command line already called it before Ray started
-    flower_delivery.install()  # Flower's delivery loop scans every message for every node: O(messages) instead
-    start_ray(cfg)  # fedlottery.ray_runtime: private local Ray or the explicit cluster, checked up front
+    delivery.install()  # Flower's delivery loop scans every message for every node: O(messages) instead
+    start_ray(cfg)  # fedlottery.runtime.ray_runtime: private local Ray or the explicit cluster, checked up front
     if verbosity == QUIET:
         logging.getLogger("ray").setLevel(logging.ERROR)
     elif verbosity == VERBOSE:
@@ -204,10 +204,10 @@ def __getattr__(name: str):
     SuperNode, a Ray actor without the runtime) nothing is imported for it."""
     if name == "client_app":
         if VCE_API in sys.modules:
-            from fedlottery import flower_delivery
+            from fedlottery.runtime import delivery
 
-            flower_delivery.install()
-        from fedlottery.client_app import app
+            delivery.install()
+        from fedlottery.runtime.client_app import app
 
         return app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,9 +20,9 @@ import yaml
 
 from fedlottery.config import FederatedConfig, to_dict
 from fedlottery.errors import ConfigError
-from fedlottery.results import read_json
+from fedlottery.runs.results import read_json
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "simulations" / "flwr_run.sh"
 EXPERIMENT_FILE = "experiment.yaml"  # the effective config, as the ServerApp under `flwr run` reads it
 
@@ -44,7 +44,7 @@ def check_flwr_entry() -> None:
 
 
 def _run_config(experiment: Path, out_dir: Path, resume: bool) -> str:
-    """`--run-config` for fedlottery.server_app:main (TOML values; paths absolute: the SuperLink's working
+    """`--run-config` for fedlottery.runtime.server_app:main (TOML values; paths absolute: the SuperLink's working
     directory is the project root, not the caller's)."""
     return (f'config="{experiment}" out-dir="{out_dir}" num-rounds=0 '
             f'resume={"true" if resume else "false"}')

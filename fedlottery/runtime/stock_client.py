@@ -3,12 +3,12 @@
 A ServerApp running any of Flower's own strategies (FedAvg, FedProx, FedAdam, ... with their own
 `start(...)`) sends `RecordDict({"arrays": ArrayRecord, "config": ConfigRecord})` and expects `"arrays"` and
 `"metrics"` (with `"num-examples"`) back; fedlottery's own messages carry "model" and a config naming the
-strategy (client_app.py tells them apart with `is_standard` and sends stock ones here).
+strategy (client_cache.py tells them apart with `is_standard` and sends stock ones here).
 
 - The experiment comes from the run config: `config` (a YAML path, resolved like the ServerApp's: from the
   working directory, else from the app's root; `flwr run .` passes pyproject's), else $FEDLOTTERY_CONFIG (for
   `flwr.simulation.run_simulation`, whose clients get an empty run config), else configs/default.yaml; it is
-  loaded and checked with `fedlottery.experiment.load_experiment`. The client's partition is
+  loaded and checked with `fedlottery.runtime.experiment.load_experiment`. The client's partition is
   `node_config["partition-id"]`.
 - Training: the received "arrays" (a standard ArrayRecord of the model's state dict) are loaded into the
   config's model and trained E local epochs (`local`: optimizer, lr, epochs, batch size) on the client's
@@ -32,6 +32,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from fedlottery.config import to_dict
 from fedlottery.models import build_model
+from fedlottery.runtime import client_cache
+from fedlottery.runtime.experiment import load_experiment, resolve_config_path
 from fedlottery.training import evaluate as evaluate_model
 from fedlottery.training import train as train_model
 
@@ -48,8 +50,6 @@ def is_standard(message: Message) -> bool:
 
 @functools.lru_cache(maxsize=8)
 def _experiment_json(path: str) -> str:
-    from fedlottery.experiment import load_experiment
-
     return json.dumps(to_dict(load_experiment(path)))
 
 
@@ -62,9 +62,7 @@ def config_path(context: Context) -> str:
 def experiment_json(context: Context) -> str:
     """The run's experiment (`config_path`, resolved like the ServerApp's), as the JSON fedlottery's clients
     cache by."""
-    from fedlottery.server_app import _resolve_config
-
-    return _experiment_json(_resolve_config(config_path(context)))
+    return _experiment_json(resolve_config_path(config_path(context)))
 
 
 def _records(message: Message) -> tuple[ArrayRecord, ConfigRecord]:
@@ -90,12 +88,10 @@ def _array_key(message: Message) -> str:
 
 def _client(message: Message, context: Context):
     """(config, partition id, model holding the received arrays, the client's data, the message's config)."""
-    from fedlottery import client_app
-
     config_json = experiment_json(context)
-    cfg = client_app.experiment(config_json)
+    cfg = client_cache.experiment(config_json)
     pid = int(context.node_config["partition-id"])
-    dataset, _ = client_app._partitions(config_json)
+    dataset, _ = client_cache.partitions(config_json)
     arrays, config = _records(message)
     model = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, cfg.model.init)
     try:
@@ -103,9 +99,9 @@ def _client(message: Message, context: Context):
     except RuntimeError as err:
         raise ValueError(f"the server's arrays do not fit this experiment's model {cfg.model.name!r} "
                          f"(config {config_path(context)}): {err}") from None
-    device = client_app.device_for(cfg)
+    device = client_cache.device_for(cfg)
     model.to(device)
-    return cfg, pid, model, client_app.client_data(config_json, pid, device), config
+    return cfg, pid, model, client_cache.client_data(config_json, pid, device), config
 
 
 def train(message: Message, context: Context) -> Message:

@@ -13,8 +13,8 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
-from fedlottery.report import sampled_note
-from fedlottery.results import read_csv, read_json
+from fedlottery.runs.report import sampled_note
+from fedlottery.runs.results import read_csv, read_json
 
 MB = 2**20
 SEED_DIR = re.compile(r"^seed(\d+)$")
@@ -32,8 +32,8 @@ def seed_dir(out: Path, seed: int) -> Path:
 
 def run_seeds(cfg, out: Path, seeds: list[int], run: Callable, resume: bool = False) -> None:
     """Run the experiment once per seed into out/seed<S>; with resume, each seed goes on from its checkpoint
-    (a seed without one starts afresh). `run(cfg, out_dir, resume=...)` is fedlottery.simulation.run_federated."""
-    from fedlottery.checkpoint import CHECKPOINT_FILE
+    (a seed without one starts afresh). `run(cfg, out_dir, resume=...)` is fedlottery.runtime.simulation.run_federated."""
+    from fedlottery.runs.checkpoint import CHECKPOINT_FILE
 
     for seed in seeds:
         one = copy.deepcopy(cfg)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedlottery.results import read_csv, read_json
+from fedlottery.runs.results import read_csv, read_json
 
 MB = 2**20
 

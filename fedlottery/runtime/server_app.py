@@ -1,7 +1,7 @@
 """The Flower ServerApp: builds theta_0 and each strategy, runs the rounds, meters bytes, writes results.
 
 Used by `flwr run .` (the `app` below reads the config path from the run config) and in-process by
-`fedlottery run` (fedlottery.simulation). Each strategy in the config runs in turn on the same clients,
+`fedlottery run` (fedlottery.runtime.simulation). Each strategy in the config runs in turn on the same clients,
 partition, model and theta_0; every round appends one row to DIR/rounds.csv as it ends.
 """
 from __future__ import annotations
@@ -23,14 +23,15 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
-from fedlottery.checkpoint import CHECKPOINT_FILE, file_sizes, load_checkpoint, save_checkpoint, truncate_to
+from fedlottery.runs.checkpoint import CHECKPOINT_FILE, file_sizes, load_checkpoint, save_checkpoint, truncate_to
 from fedlottery.comm import ByteMeter, CodecError, broadcast_bytes, content_bytes, values_bytes
 from fedlottery.config import ConfigError, FederatedConfig, to_dict
-from fedlottery.experiment import load_experiment
+from fedlottery.runtime.experiment import experiment_from_dict, load_experiment, resolve_config_path
 from fedlottery.data import describe, load_dataset, make_partitions
-from fedlottery.errors import WorkersLost
+from fedlottery.errors import CheckpointError, WorkersLost
+from fedlottery.plain_state import to_plain
 from fedlottery.models import batchnorm_names, build_model, clone_state, prunable_names
-from fedlottery.results import CsvLog, Progress, partition_table, stderr_log, write_json
+from fedlottery.runs.results import CsvLog, Progress, partition_table, stderr_log, write_json
 from fedlottery.training import evaluate
 from strategies import get_strategy, options_for
 from strategies.base import FederatedStrategy, ServerSetup
@@ -59,6 +60,15 @@ class StrategyRun:
     last_acc: dict[int, float] = field(default_factory=dict)  # the last evaluation's, evaluated clients only
     best_acc: dict[int, float] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return {"name": self.name, "meter": self.meter.state_dict(), "last_acc": dict(self.last_acc),
+                "best_acc": dict(self.best_acc), "rows": [dict(r) for r in self.rows]}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "StrategyRun":
+        return cls(state["name"], ByteMeter.from_state_dict(state["meter"]), dict(state["last_acc"]),
+                   dict(state["best_acc"]), [dict(r) for r in state["rows"]])
 
 
 @dataclass
@@ -116,15 +126,16 @@ def run_experiment(grid: Grid, cfg: FederatedConfig, out_dir: Path, log: Callabl
         log(f"resuming {out_dir}: {checkpoint['strategy']['name'] if checkpoint.get('strategy') else 'next'} "
             f"strategy #{checkpoint['strategy_index'] + 1}, after round {checkpoint['round']}")
     exp = _prepare(grid, cfg, out_dir, log, client_state, checkpoint)
-    summary: dict = checkpoint["summary"] if checkpoint else {"config": to_dict(cfg), "strategies": {}}
+    summary: dict = checkpoint["summary"] if checkpoint else {"strategies": {}}
+    summary["config"] = to_dict(cfg)
     for index, name in enumerate(cfg.strategies):
         if checkpoint is not None and index < checkpoint["strategy_index"]:
             continue
         strategy = get_strategy(name)(ServerSetup(**exp.setup), options_for(cfg, name))
         run, first_round = StrategyRun(name), 1
         if checkpoint is not None and index == checkpoint["strategy_index"] and checkpoint["strategy"]:
-            strategy.restore_state(checkpoint["strategy"]["state"])
-            run, first_round = checkpoint["run"], checkpoint["round"] + 1
+            strategy.load_state_dict(checkpoint["strategy"]["state"])
+            run, first_round = StrategyRun.from_state_dict(checkpoint["run"]), checkpoint["round"] + 1
         strategy.summary()
         _run_strategy(grid, exp, strategy, run, first_round, index, summary)
         for pid in sorted(exp.setup["node_of"]):
@@ -139,8 +150,13 @@ def run_experiment(grid: Grid, cfg: FederatedConfig, out_dir: Path, log: Callabl
 def resumable_checkpoint(out_dir: Path, cfg: FederatedConfig) -> dict:
     """out_dir's checkpoint, if it belongs to this very config (else a ConfigError naming what differs)."""
     checkpoint = load_checkpoint(out_dir)
-    if checkpoint["config"] != to_dict(cfg):
-        saved, now = checkpoint["config"], to_dict(cfg)
+    try:  # through the loader, so a setting added since the checkpoint was written takes its default
+        saved = to_dict(experiment_from_dict(checkpoint["config"]))
+    except ConfigError as err:
+        raise CheckpointError(f"{out_dir / CHECKPOINT_FILE}: its config no longer loads ({err}); start afresh with "
+                              "--overwrite") from None
+    now = to_dict(cfg)
+    if saved != now:
         keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         raise ConfigError(f"--resume: the config differs from the checkpointed run's in {', '.join(keys)}; "
                           "resume with the same config, or start afresh with --overwrite")
@@ -176,8 +192,9 @@ def _checkpoint(exp: Experiment, index: int, rnd: int, strategy: FederatedStrate
     if strategy is not None:
         strategy.mark_checkpoint()
     save_checkpoint(exp.out_dir, {
-        "config": to_dict(exp.cfg), "strategy_index": index, "round": rnd, "run": run, "summary": summary,
-        "strategy": None if strategy is None else {"name": strategy.name, "state": strategy.checkpoint_state()},
+        "config": to_dict(exp.cfg), "strategy_index": index, "round": rnd,
+        "run": None if run is None else run.state_dict(), "summary": to_plain(summary, "summary"),
+        "strategy": None if strategy is None else {"name": strategy.name, "state": strategy.state_dict()},
         "files": file_sizes(exp.out_dir, ("rounds.csv", "clients.csv", "failures.log")),
     })
 
@@ -385,12 +402,12 @@ def main(grid: Grid, context: Context) -> None:
 
     Under Flower's simulation runtime (simulations/flwr_run.sh) Flower's Ray backend has started Ray before this
     runs: the config's `simulation` section cannot choose it any more (the federation config and $RAY_ADDRESS do),
-    and the one-pass delivery loop must already be in place (`fedlottery.simulation:client_app` installs it)."""
+    and the one-pass delivery loop must already be in place (`fedlottery.runtime.simulation:client_app` installs it)."""
     import sys
 
     in_simulation_runtime = "flwr.server.superlink.fleet.vce.vce_api" in sys.modules  # (checked before any import)
     run_config = context.run_config
-    cfg = load_experiment(_resolve_config(str(run_config.get("config", "configs/default.yaml"))))
+    cfg = load_experiment(resolve_config_path(str(run_config.get("config", "configs/default.yaml"))))
     if "num-rounds" in run_config and int(run_config["num-rounds"]) > 0:
         cfg.rounds = int(run_config["num-rounds"])
     out_dir = Path(str(run_config.get("out-dir", "runs/flwr")))
@@ -398,17 +415,17 @@ def main(grid: Grid, context: Context) -> None:
     if in_simulation_runtime:
         import threading
 
-        from fedlottery import flower_delivery
+        from fedlottery.runtime import delivery
 
         def report_delivery_loop() -> None:  # Flower starts its delivery thread after loading the ClientApp
             while not (loops := [t for t in threading.enumerate()
                                  if getattr(getattr(t, "_target", None), "__name__", "") == "add_messages_to_queue"]):
                 time.sleep(0.2)
-            if getattr(loops[0], "_target", None) is flower_delivery.add_messages_to_queue:
-                stderr_log("message delivery: fedlottery.flower_delivery (one pass over the messages per sweep)")
+            if getattr(loops[0], "_target", None) is delivery.add_messages_to_queue:
+                stderr_log("message delivery: fedlottery.runtime.delivery (one pass over the messages per sweep)")
             else:
                 stderr_log("warning: message delivery: Flower's own loop (O(nodes x messages) per sweep); load the "
-                           "ClientApp as fedlottery.simulation:client_app")
+                           "ClientApp as fedlottery.runtime.simulation:client_app")
 
         threading.Thread(target=report_delivery_loop, name="fedlottery-delivery-check", daemon=True).start()
         if cfg.simulation.ray_address:
@@ -417,12 +434,3 @@ def main(grid: Grid, context: Context) -> None:
     run_experiment(grid, cfg, out_dir, resume=bool(run_config.get("resume", False)),
                    client_state=str(run_config.get("client-state", "directory")))
 
-
-def _resolve_config(path: str) -> str:
-    """A relative config path: from the working directory if it is there, else from the app's root (the
-    project, or Flower's installed copy of the app, which ships configs/*.yaml)."""
-    candidate = Path(path).expanduser()
-    if candidate.is_absolute() or candidate.exists():
-        return str(candidate)
-    in_app = Path(__file__).resolve().parents[1] / candidate
-    return str(in_app if in_app.exists() else candidate)

@@ -2,15 +2,13 @@
 
 A client learns the experiment once (a setup query, which also says where client state lives) and keeps
 only that in its Context. Its own state between rounds (held mask, memory, personal tensors, last trained
-weights) lives in a versioned client-state store (fedlottery.client_state): the message names the version
+weights) lives in a versioned client-state store (fedlottery.runs.client_state): the message names the version
 to start from, and training saves a new one. Data, partitions and theta_0 are rebuilt from the config and
 cached per process (Ray actors live long).
 """
 from __future__ import annotations
 
 import copy
-import functools
-import json
 import time
 import zlib
 
@@ -18,15 +16,16 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedlottery import flower_client
-from fedlottery.client_state import ClientState, ClientStateError, ClientStateStore, ContextStore, DirectoryStore
+from fedlottery.runtime import stock_client
+from fedlottery.runtime.client_cache import (
+    client_data, device_for, experiment, initial_state, partitions, shared_test_set,
+)
+from fedlottery.runs.client_state import ClientState, ClientStateError, ClientStateStore, ContextStore, DirectoryStore
 from fedlottery.comm import CodecError, pack_state, unpack_state
 from fedlottery.config import FederatedConfig
-from fedlottery.experiment import experiment_from_dict
-from fedlottery.data import load_dataset, make_partitions
-from fedlottery.faults import EVAL_FAULTS, TRAIN_FAULTS, InjectedFault, faults_of
-from fedlottery.models import batchnorm_names, build_model, clone_state, prunable_names
-from fedlottery.shared_evaluation import evaluate_shared, worth_sharing
+from fedlottery.runtime.faults import EVAL_FAULTS, TRAIN_FAULTS, InjectedFault, faults_of
+from fedlottery.models import build_model
+from fedlottery.runtime.shared_evaluation import evaluate_shared
 from fedlottery.sparsity import Mask
 from fedlottery.training import evaluate, evaluate_many, train, warm_up
 from strategies import get_strategy, options_for
@@ -36,73 +35,6 @@ app = ClientApp()
 STATE_KEY = "fedlottery"
 # the rest of a downlink config: the strategy's instructions
 DOWNLINK_KEYS = ("strategy", "round", "partition-id", "broadcast", "mask-crc", "state-version", "state-keep")
-
-
-@functools.lru_cache(maxsize=4)
-def experiment(config_json: str) -> FederatedConfig:
-    return experiment_from_dict(json.loads(config_json))  # every check, strategies included
-
-
-@functools.lru_cache(maxsize=4)
-def _partitions(config_json: str):
-    cfg = experiment(config_json)
-    dataset = load_dataset(cfg.data)
-    return dataset, make_partitions(dataset, cfg.partition, cfg.seed)
-
-
-@functools.lru_cache(maxsize=4)
-def initial_state(config_json: str) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
-    """theta_0, the prunable names and the BatchNorm names: the same seeded draw the server makes, so
-    theta_0 is never sent."""
-    cfg = experiment(config_json)
-    dataset, _ = _partitions(config_json)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, cfg.model.init)
-    return clone_state(model), prunable_names(model), batchnorm_names(model)
-
-
-def device_for(cfg: FederatedConfig) -> torch.device:
-    """Where this client's model, data and theta_0 go: `simulation.device`, with 'auto' = cuda when Ray gave the
-    actor a GPU (num_gpus > 0), else cpu. Ray shows an actor only the GPUs it assigned it (CUDA_VISIBLE_DEVICES),
-    numbered from cuda:0. A GPU asked for but not visible here is an error, never a silent fall-back to the CPU."""
-    sim = cfg.simulation
-    if sim.device == "cpu" or (sim.device == "auto" and sim.num_gpus == 0):
-        return torch.device("cpu")
-    wanted = torch.device("cuda" if sim.device == "auto" else sim.device)
-    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if (wanted.index or 0) >= visible:
-        import os
-
-        raise RuntimeError(
-            f"simulation.device {sim.device!r} with simulation.num_gpus {sim.num_gpus:g}, but this client process "
-            f"sees {visible} CUDA GPU(s) (torch {torch.__version__}, CUDA_VISIBLE_DEVICES="
-            f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}); Ray numbers an actor's GPUs from cuda:0, and every node "
-            "that can host a GPU client needs a CUDA build of torch")
-    return wanted
-
-
-def client_data(config_json: str, partition_id: int, device: torch.device) -> ClientData:
-    dataset, splits = _partitions(config_json)
-    if not 0 <= partition_id < len(splits):
-        raise ValueError(f"partition-id {partition_id} outside the {len(splits)} partitions of this experiment")
-    split = splits[partition_id]
-    pick = lambda x, y, idx: (x[idx].to(device), y[idx].to(device))  # noqa: E731
-    return ClientData(
-        partition_id,
-        pick(dataset.x_train, dataset.y_train, split.train),
-        pick(dataset.x_train, dataset.y_train, split.val),
-        pick(dataset.x_test, dataset.y_test, split.test),
-    )
-
-
-@functools.lru_cache(maxsize=4)
-def shared_test_set(config_json: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The whole test set on `device` when the clients' test sets overlap enough that a model many clients
-    share is best scored once on all of it (fedlottery.shared_evaluation); else None."""
-    dataset, splits = _partitions(config_json)
-    if not worth_sharing([int(s.test.numel()) for s in splits], len(dataset.y_test)):
-        return None
-    return dataset.x_test.to(device), dataset.y_test.to(device)
 
 
 @app.query()
@@ -126,15 +58,15 @@ def state_store(context: Context) -> ClientStateStore:
 
 @app.train()
 def train_round(message: Message, context: Context) -> Message:
-    if flower_client.is_standard(message):  # a stock Flower ServerApp: plain local training
-        return flower_client.train(message, context)
+    if stock_client.is_standard(message):  # a stock Flower ServerApp: plain local training
+        return stock_client.train(message, context)
     return _handle(message, context, training=True)
 
 
 @app.evaluate()
 def evaluate_round(message: Message, context: Context) -> Message:
-    if flower_client.is_standard(message):
-        return flower_client.evaluate(message, context)
+    if stock_client.is_standard(message):
+        return stock_client.evaluate(message, context)
     return _handle(message, context, training=False)
 
 
@@ -170,7 +102,7 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
     personal_state = {k: theta0[k] for k in personal}
     personal_state.update(held_state.personal)
     device = device_for(cfg)
-    dataset, _ = _partitions(config_json)
+    dataset, _ = partitions(config_json)
     model = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, cfg.model.init)
     model.load_state_dict({**theta0, **state, **personal_state})
     model.to(device)
@@ -180,7 +112,7 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
         shared = None
         test_set = shared_test_set(config_json, device) if not personal and mask.density() == 1.0 else None
         if test_set is not None:  # a dense model without personal tensors: maybe the one every client has
-            shared = (config_json, test_set, _partitions(config_json)[1][pid].test)
+            shared = (config_json, test_set, partitions(config_json)[1][pid].test)
         tune_mask = None if strategy.personal_entries else mask  # personal entries are weights, not zeros
         return _evaluate(message, model, tune_mask, data, held_state, cfg, pid, tune_seed, shared)
 
@@ -231,7 +163,7 @@ def _evaluate(message: Message, model, mask: Mask | None, data: ClientData, held
     """The personalised model on the whole local test set; optionally a fine-tuned copy of it, and the deployed
     one (the client's own last trained weights, or what it got when it has never trained).
     shared: (experiment key, whole test set, this client's test indices) when the personalised model may be
-    one that many clients share: it is then scored once per process (fedlottery.shared_evaluation)."""
+    one that many clients share: it is then scored once per process (fedlottery.runtime.shared_evaluation)."""
     models = [model]
     if cfg.evaluation.deployed:
         deployed = model

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from fedlottery.config import FederatedConfig, from_dict, to_dict
 from fedlottery.errors import ConfigError
-from fedlottery.results import read_json, write_json
-from fedlottery.seeds import SEED_DIR
+from fedlottery.runs.results import read_json, write_json
+from fedlottery.runs.seeds import SEED_DIR
 
 ROW_FILES = ("rounds.csv", "clients.csv")
 

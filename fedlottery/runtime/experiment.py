@@ -7,7 +7,7 @@ registry). This module runs every check, so a config that loads here is one a ru
     cfg = load_experiment("configs/default.yaml")            # federated (fedlottery run / compare, flwr run)
     cfg = load_imp_experiment("configs/imp_digits.yaml")     # centralized IMP (fedlottery imp)
 
-Machine resources (CPUs, GPUs, the Ray cluster) are checked by `fedlottery.ray_runtime.check_resources`, on the
+Machine resources (CPUs, GPUs, the Ray cluster) are checked by `fedlottery.runtime.ray_runtime.check_resources`, on the
 machine that starts the run.
 """
 from __future__ import annotations
@@ -45,6 +45,10 @@ def check_experiment(cfg: FederatedConfig) -> FederatedConfig:
         if hasattr(section, "validate"):
             section.validate(name)
     check_data_config(cfg.data, "data")
+    if cfg.partition.scheme == "flwr":
+        from fedlottery.data.flwr_partitioners import flwr_partitioner
+
+        flwr_partitioner(cfg.partition, seed=0, path="partition")  # its class and arguments, built without data
     check_model_config(cfg.model, "model")
     strategies.check_config(cfg)
     return cfg
@@ -98,3 +102,13 @@ __all__ = [
     "check_experiment", "check_imp_experiment", "check_model_config", "experiment_from_dict",
     "load_experiment", "load_imp_experiment",
 ]
+
+
+def resolve_config_path(path: str) -> str:
+    """A relative config path: from the working directory if it is there, else from the app's root (the
+    project, or Flower's installed copy of the app, which ships configs/*.yaml)."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute() or candidate.exists():
+        return str(candidate)
+    in_app = Path(__file__).resolve().parents[2] / candidate
+    return str(in_app if in_app.exists() else candidate)

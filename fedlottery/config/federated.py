@@ -1,0 +1,251 @@
+"""The federated experiment's schema (`fedlottery run | compare`, `flwr run`): partition, local training,
+simulation, evaluation, wire format, faults, checkpoints and the strategies to compare.
+
+A scheme: flwr partition names a flwr-datasets partitioner; building it (and so checking its arguments) is
+`fedlottery.data.flwr_partitioners`' job, because this package imports no FL library.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fedlottery.config.loader import _DEVICE, _check, check_seed, from_dict, load_yaml
+from fedlottery.config.sections import DataConfig, ModelConfig, TrainingConfig
+from fedlottery.errors import ConfigError
+
+SCHEMES: tuple[str, ...] = ("shards", "dirichlet", "pathological", "iid", "flwr")
+TEST_MODES: tuple[str, ...] = ("labels", "matched", "iid", "global")
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """How to split the training set among clients and what each client is tested on.
+
+    ``iid``, ``dirichlet`` and ``pathological`` run flwr-datasets' IidPartitioner, DirichletPartitioner and
+    PathologicalPartitioner; ``shards`` (LotteryFL's one-label shards) is fedlottery's own; ``flwr`` runs any
+    flwr-datasets partitioner named by `partitioner` with the keyword arguments `args`.
+    """
+
+    scheme: Literal["shards", "dirichlet", "pathological", "iid", "flwr"] = "shards"
+    num_clients: int = 20
+    shard_size: int = 20  # shards: images per shard
+    shards_per_client: int = 2  # shards
+    unbalanced_rate: float = 1.0  # shards: all but each client's first shard keep ceil(rate * shard_size)
+    alpha: float = 0.5  # dirichlet concentration
+    labels_per_client: int = 2  # pathological
+    val_fraction: float = 0.1  # share of each client's images held out as its local validation split
+    test: Literal["labels", "matched", "iid", "global"] = "labels"  # matched: own label mix, test_size/client
+    min_size: int = 2  # dirichlet: redraw until every client has at least this many images (flwr: 11 draws at most)
+    partitioner: str | None = None  # flwr: a class of flwr_datasets.partitioner, e.g. "LinearPartitioner"
+    # flwr: the partitioner's keyword arguments; num_partitions (= num_clients), partition_by ("label") and
+    # seed (from the experiment seed) are filled in by fedlottery and may not be given here.
+    args: dict = field(default_factory=dict)
+
+    def validate(self, path: str = "partition") -> None:
+        """Reject impossible values up front, naming the key, so a run never starts with them."""
+        prefix = f"{path}." if path else ""
+
+        def check(ok: bool, key: str, why: str) -> None:
+            if not ok:
+                raise ConfigError(f"{prefix}{key}: {why}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        def is_num(v: Any) -> bool:
+            return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+        check(self.scheme in SCHEMES, "scheme", f"{self.scheme!r} is not one of {', '.join(SCHEMES)}")
+        check(self.test in TEST_MODES, "test", f"{self.test!r} is not one of {', '.join(TEST_MODES)}")
+        for key in ("num_clients", "shard_size", "shards_per_client", "labels_per_client", "min_size"):
+            check(is_int(getattr(self, key)), key, f"expected an integer, got {getattr(self, key)!r}")
+        for key in ("unbalanced_rate", "alpha", "val_fraction"):
+            value = getattr(self, key)
+            check(is_num(value) and math.isfinite(value), key, f"expected a finite number, got {value!r}")
+        check(self.num_clients >= 1, "num_clients", f"must be >= 1, got {self.num_clients}")
+        check(self.shard_size >= 1, "shard_size", f"must be >= 1, got {self.shard_size}")
+        check(self.shards_per_client >= 1, "shards_per_client", f"must be >= 1, got {self.shards_per_client}")
+        check(0 < self.unbalanced_rate <= 1, "unbalanced_rate", f"must be in (0, 1], got {self.unbalanced_rate}")
+        check(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
+        check(self.labels_per_client >= 1, "labels_per_client", f"must be >= 1, got {self.labels_per_client}")
+        check(0 <= self.val_fraction < 1, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+        check(self.min_size >= 0, "min_size", f"must be >= 0, got {self.min_size}")
+        check(isinstance(self.args, dict), "args", f"expected a mapping of keyword arguments, got {self.args!r}")
+        if self.scheme != "flwr":
+            check(self.partitioner is None, "partitioner", f"only used with scheme: flwr (the scheme is "
+                  f"{self.scheme!r}); remove it, or set scheme: flwr")
+            check(not self.args, "args", f"only used with scheme: flwr (the scheme is {self.scheme!r}); remove it, "
+                  "or set scheme: flwr")
+        # scheme flwr: the class and its arguments are checked by building it (fedlottery.data.flwr_partitioners)
+
+
+@dataclass
+class LocalTrainingConfig:
+    """What each client does per round: E epochs of minibatch SGD on its own data (LotteryFL defaults)."""
+
+    optimizer: Literal["adam", "sgd"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.5
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    epochs: int = 10
+
+    def validate(self, path: str) -> None:
+        self.as_training().validate(path)  # the optimizer fields share TrainingConfig's rules
+        _check(self.epochs >= 1, f"{path}.epochs", "must be >= 1")
+
+    def as_training(self) -> TrainingConfig:
+        return TrainingConfig(optimizer=self.optimizer, lr=self.lr, momentum=self.momentum,
+                              weight_decay=self.weight_decay, batch_size=self.batch_size)
+
+
+@dataclass
+class SimulationConfig:
+    """Where client actors run: Ray resources per client (fractional GPUs allowed) and an optional cluster."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    ray_address: str | None = None  # "host:6379" or "ray://host:10001"; None: $RAY_ADDRESS, else a private local Ray
+    device: str = "auto"  # "auto": cuda when the client actor was given a GPU, else cpu; "cuda", "cuda:<i>"
+    actors: int | None = None  # client actors at once (None: as many as the resources allow)
+    round_timeout: float = 600.0  # seconds a round waits for replies; a later reply counts as failed
+
+    def validate(self, path: str) -> None:
+        _check(self.num_cpus > 0, f"{path}.num_cpus", "must be > 0")
+        _check(self.num_gpus >= 0, f"{path}.num_gpus", "must be >= 0")
+        _check(self.actors is None or self.actors >= 1, f"{path}.actors", "must be >= 1 (or null: automatic)")
+        if self.actors is not None:
+            total = self.actors * self.num_cpus
+            _check(math.isclose(total, round(total)), f"{path}.actors",
+                   f"{self.actors} actors x num_cpus {self.num_cpus:g} = {total:g} CPUs; Ray counts whole CPUs, so "
+                   "choose actors and num_cpus whose product is a whole number")
+        _check(math.isfinite(self.round_timeout) and self.round_timeout > 0, f"{path}.round_timeout",
+               "must be a positive number of seconds")
+        if not _DEVICE.match(self.device):
+            hint = " (a GPU is 'cuda')" if self.device.strip().lower() in ("gpu", "gpus", "nvidia") else ""
+            raise ConfigError(f"{path}.device: {self.device!r} is not a device{hint}; use 'auto', 'cpu', 'cuda' "
+                              "or 'cuda:<index>'")
+        if self.device.startswith("cuda") and self.num_gpus == 0:
+            raise ConfigError(f"{path}.device: {self.device!r} needs {path}.num_gpus > 0 (Ray hides the GPUs from "
+                              "a client actor given none); set num_gpus (e.g. 1, or 0.5 to share a GPU) or "
+                              "device: auto")
+        if self.ray_address is not None:
+            check_ray_address(self.ray_address, f"{path}.ray_address")
+
+
+def check_ray_address(address: str, key: str) -> None:
+    """An explicit Ray address: 'host:port' (a cluster's GCS) or 'ray://host:port' (Ray Client). 'auto' is refused:
+    it attaches to whichever cluster this machine last started, which may be another job's."""
+    fix = "give the cluster's explicit address, e.g. 127.0.0.1:6379 as printed by `ray start --head`"
+    if address.strip().lower() == "auto":
+        raise ConfigError(f"{key}: 'auto' is refused (it attaches to whatever Ray cluster this machine last "
+                          f"started, possibly another job's); {fix}, or leave it unset for a private local Ray")
+    rest = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: {address!r} is not a Ray address; {fix} (or ray://<host>:10001 for Ray Client)")
+
+
+@dataclass
+class EvaluationConfig:
+    """How often every client's personalised model is evaluated on its whole local test set."""
+
+    every: int = 1  # rounds; the last round is always evaluated
+    global_model: bool = True  # also the (unmasked) global model on the global test set
+    deployed: bool = False  # also each client's own last locally trained weights (kept on the client)
+    finetune_epochs: int = 0  # > 0: also the personalised model after this many local epochs (a copy)
+    # > 0: an evaluation before the last round tests this many clients (a seeded sample, the same for every
+    # strategy of the run); the last round always tests every client. 0: every client every time.
+    sample: int = 0
+
+    def validate(self, path: str) -> None:
+        _check(self.every >= 1, f"{path}.every", "must be >= 1")
+        _check(self.sample >= 0, f"{path}.sample", "must be >= 0 (0: every client at every evaluation)")
+        _check(self.finetune_epochs >= 0, f"{path}.finetune_epochs", "must be >= 0 (0: no fine-tuned column)")
+
+
+@dataclass
+class CommConfig:
+    """How tensors are encoded on the wire (fedlottery.comm.codec): every codec but the lossy value types
+    is an exact round trip; 'auto' picks the smallest encoding per tensor."""
+
+    codec: Literal["auto", "bitmap", "indices", "rice"] = "auto"  # how a mask travels when it is news
+    values: Literal["float32", "float16", "bfloat16"] = "float32"  # float16/bfloat16 are LOSSY (opt-in)
+
+
+@dataclass
+class FaultsConfig:
+    """Seeded fault injection: per round, the probability that a client misbehaves in each way (0: never).
+    Draws depend only on (seed, strategy, round, partition, fault), so a run's faults are reproducible."""
+
+    train_crash: float = 0.0  # the client raises during training
+    eval_crash: float = 0.0  # the client raises during evaluation
+    late: float = 0.0  # the client replies after the round's deadline (simulation.round_timeout)
+    corrupt: float = 0.0  # the client replies with corrupted payload bytes
+    nan: float = 0.0  # the client replies with a NaN among its weights
+    lie_examples: float = 0.0  # the client claims more training examples than it holds
+
+    def validate(self, path: str) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _check(0 <= value <= 1, f"{path}.{f.name}", f"is a probability in [0, 1], got {value}")
+
+    def any(self) -> bool:
+        return any(getattr(self, f.name) > 0 for f in dataclasses.fields(self))
+
+
+@dataclass
+class CheckpointConfig:
+    """How often a run saves everything it needs to resume (`fedlottery run --resume`)."""
+
+    every: int = 1  # rounds between checkpoints; 0 disables them
+
+    def validate(self, path: str) -> None:
+        _check(self.every >= 0, f"{path}.every", "must be >= 0 (0 disables checkpoints)")
+
+
+@dataclass
+class FederatedConfig:
+    """A federated experiment: the strategies to compare on one partition, model and seed."""
+
+    seed: int = 0
+    strategies: list[str] = field(default_factory=lambda: ["lotteryfl", "fedavg"])
+    rounds: int = 20
+    clients_per_round: int = 5
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    local: LocalTrainingConfig = field(default_factory=LocalTrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    strategy_options: dict[str, dict] = field(default_factory=dict)  # per strategy name, checked by it
+
+    def validate(self, path: str = "") -> None:
+        """The checks that need nothing but the config; strategy names and options, data set and model names
+        are checked beside their registries (fedlottery.runtime.experiment.check_experiment runs them all)."""
+        check_seed(self.seed, "seed")
+        _check(self.rounds >= 1, "rounds", "must be >= 1")
+        _check(len(self.strategies) >= 1, "strategies", "name at least one strategy")
+        for i, name in enumerate(self.strategies):
+            if name in self.strategies[:i]:
+                raise ConfigError(f"strategies[{i}]: {name!r} is listed twice (first at strategies"
+                                  f"[{self.strategies.index(name)}]); list each strategy once")
+        _check(self.clients_per_round >= 1, "clients_per_round", "must be >= 1")
+        _check(
+            self.clients_per_round <= self.partition.num_clients,
+            "clients_per_round",
+            f"must be <= partition.num_clients ({self.partition.num_clients})",
+        )
+
+
+def load_federated_config(path: str | Path) -> FederatedConfig:
+    """Load a federated experiment config with the checks this module can make on its own. A run wants
+    `fedlottery.runtime.experiment.load_experiment`, which also checks strategies, data set and model names."""
+    return from_dict(FederatedConfig, load_yaml(path))

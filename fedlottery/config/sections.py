@@ -1,0 +1,71 @@
+"""Config sections that both kinds of experiment use: the data set, the model and one training run's optimizer."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from fedlottery.config.loader import _TRAINING_DEVICE, _check
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, where its files are, and how much of the training set is held out for validation.
+
+    ``dataset: hf`` reads a Hugging Face data set saved with ``DatasetDict.save_to_disk`` (splits ``train`` and
+    ``test``) from `path`, offline; its images are in `image_column` (default ``image``) and its integer,
+    ClassLabel or string labels in `label_column` (default ``label``).
+    """
+
+    dataset: str = "digits"
+    root: str | None = None  # None: $FEDLOTTERY_DATA, then ../shared/data
+    val_size: int = 300
+    path: str | None = None  # dataset hf: the directory save_to_disk wrote (relative: to the working directory)
+    image_column: str | None = None  # dataset hf: None means "image"
+    label_column: str | None = None  # dataset hf: None means "label"
+
+    def validate(self, path: str) -> None:
+        # The data set's name (and, for hf, the directory and columns) is checked against the loaders by
+        # fedlottery.data.check_data_config.
+        _check(self.val_size >= 0, f"{path}.val_size", "must be >= 0")
+        for key in ("path", "image_column", "label_column"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            _check(self.dataset == "hf", f"{path}.{key}", f"only used with dataset: hf (the data set is "
+                   f"{self.dataset!r}); remove it")
+            _check(isinstance(value, str) and value != "", f"{path}.{key}", f"expected a non-empty string, got "
+                   f"{value!r}")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture by registry name and the initialisation of its prunable weights."""
+
+    name: str = "mlp_digits"
+    init: Literal["glorot_normal", "kaiming_normal", "default"] = "glorot_normal"
+    # The name is checked against the model registry by fedlottery.runtime.experiment (check_model_config).
+
+
+@dataclass
+class TrainingConfig:
+    """One training run: optimizer, schedule length and how often validation is checked (early stopping)."""
+
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 1.2e-3
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 60
+    iterations: int = 2000
+    eval_every: int = 100
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    device: str = "cpu"
+
+    def validate(self, path: str) -> None:
+        _check(self.lr > 0, f"{path}.lr", "must be > 0")
+        _check(0 <= self.momentum < 1, f"{path}.momentum", "must be in [0, 1)")
+        _check(self.weight_decay >= 0, f"{path}.weight_decay", "must be >= 0")
+        _check(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
+        _check(self.iterations >= 1, f"{path}.iterations", "must be >= 1")
+        _check(1 <= self.eval_every, f"{path}.eval_every", "must be >= 1")
+        _check(bool(_TRAINING_DEVICE.match(self.device)), f"{path}.device",
+               f"{self.device!r} is not a device; use 'cpu', 'cuda' or 'cuda:<index>'")
