@@ -37,7 +37,7 @@ def test_the_committed_checkpoint_loads_with_weights_only():
 
 @pytest.mark.slow
 def test_the_committed_checkpoint_resumes_to_a_finished_run(tmp_path):
-    """Written by the code before the modules moved (tests/fixtures/make_checkpoint_fixture.py): a resume
+    """Written by commit 7227867 (tests/fixtures/make_checkpoint_fixture.py), kept as it was: a resume
     keeps the rows the checkpoint covers and finishes both strategies."""
     out = tmp_path / "run"
     shutil.copytree(FIXTURE / "run", out)
