@@ -209,6 +209,17 @@ class CheckpointConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Live tracking while a run goes on (rounds.csv stays the record): every rounds.csv metric per round."""
+
+    tensorboard: str | None = None  # a directory for TensorBoard event files (<dir>/<strategy>/seed<S>); None: off
+
+    def validate(self, path: str) -> None:
+        _check(self.tensorboard is None or (isinstance(self.tensorboard, str) and self.tensorboard != ""),
+               f"{path}.tensorboard", "expected a directory path, or null to turn tracking off")
+
+
+@dataclass
 class FederatedConfig:
     """A federated experiment: the strategies to compare on one partition, model and seed."""
 
@@ -225,6 +236,7 @@ class FederatedConfig:
     comm: CommConfig = field(default_factory=CommConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     strategy_options: dict[str, dict] = field(default_factory=dict)  # per strategy name, checked by it
 
     def validate(self, path: str = "") -> None:

@@ -40,7 +40,8 @@ def check_experiment(cfg: FederatedConfig) -> FederatedConfig:
     from fedlottery.data import check_data_config
 
     cfg.validate()
-    for name in ("data", "partition", "model", "local", "evaluation", "simulation", "comm", "faults", "checkpoint"):
+    for name in ("data", "partition", "model", "local", "evaluation", "simulation", "comm", "faults", "checkpoint",
+                 "tracking"):
         section = getattr(cfg, name)
         if hasattr(section, "validate"):
             section.validate(name)

@@ -31,6 +31,7 @@ from fedlottery.data import describe, load_dataset, make_partitions
 from fedlottery.errors import CheckpointError, WorkersLost
 from fedlottery.plain_state import to_plain
 from fedlottery.models import batchnorm_names, build_model, clone_state, prunable_names
+from fedlottery.runs.tracking import Tracker
 from fedlottery.runs.results import CsvLog, Progress, partition_table, stderr_log, write_json
 from fedlottery.training import evaluate
 from strategies import get_strategy, options_for
@@ -83,6 +84,7 @@ class Experiment:
     rounds_log: CsvLog
     clients_log: CsvLog
     progress: Progress
+    tracker: Tracker
 
 
 def discover_clients(grid: Grid, cfg: FederatedConfig, state_dir: str, timeout: float = 600) -> dict[int, int]:
@@ -128,6 +130,16 @@ def run_experiment(grid: Grid, cfg: FederatedConfig, out_dir: Path, log: Callabl
     exp = _prepare(grid, cfg, out_dir, log, client_state, checkpoint)
     summary: dict = checkpoint["summary"] if checkpoint else {"strategies": {}}
     summary["config"] = to_dict(cfg)
+    try:
+        _run_strategies(grid, exp, summary, checkpoint)
+    finally:
+        exp.tracker.close()
+    return summary
+
+
+def _run_strategies(grid, exp: Experiment, summary: dict, checkpoint: dict | None) -> None:
+    """Each configured strategy in turn (those a resumed run finished already skipped)."""
+    cfg, out_dir = exp.cfg, exp.out_dir
     for index, name in enumerate(cfg.strategies):
         if checkpoint is not None and index < checkpoint["strategy_index"]:
             continue
@@ -144,7 +156,6 @@ def run_experiment(grid: Grid, cfg: FederatedConfig, out_dir: Path, log: Callabl
         summary["strategies"][name] = _strategy_summary(run, strategy, cfg.partition.num_clients)
         write_json(out_dir / "summary.json", summary)
         _checkpoint(exp, index + 1, 0, None, None, summary)
-    return summary
 
 
 def resumable_checkpoint(out_dir: Path, cfg: FederatedConfig) -> dict:
@@ -183,7 +194,8 @@ def _prepare(grid, cfg: FederatedConfig, out_dir: Path, log, client_state: str, 
     if checkpoint is not None:
         progress.skip(checkpoint["strategy_index"] * cfg.rounds + checkpoint["round"])
     return Experiment(cfg, out_dir, dataset, template, setup, CsvLog(out_dir / "rounds.csv", ROUND_COLUMNS),
-                      CsvLog(out_dir / "clients.csv", CLIENT_COLUMNS), progress)
+                      CsvLog(out_dir / "clients.csv", CLIENT_COLUMNS), progress,
+                      Tracker(cfg.tracking.tensorboard, cfg.seed))
 
 
 def _checkpoint(exp: Experiment, index: int, rnd: int, strategy: FederatedStrategy | None, run, summary) -> None:
@@ -240,6 +252,7 @@ def _run_strategy(grid, exp: Experiment, strategy: FederatedStrategy, run: Strat
             row["eval_wall_s"] = round(time.perf_counter() - evaluation_start, 3)
         row["wall_s"] = round(time.perf_counter() - start, 3)
         exp.rounds_log.append(row)
+        exp.tracker.log(row)
         run.rows.append(row)
         exp.progress.step(_progress_line(strategy.name, rnd, cfg, row))
         if cfg.checkpoint.every and (rnd % cfg.checkpoint.every == 0 or rnd == cfg.rounds):
