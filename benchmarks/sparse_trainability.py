@@ -1,5 +1,5 @@
 """Does a 10%-dense random LeNet-5 train at all at Table 2's learning rate? A centralized check behind FLASH's
-failure on CIFAR-10 Table 2 (README, "CIFAR-10, LotteryFL's Table 2"), where θ_g stayed near chance.
+failure on CIFAR-10 Table 2 (docs/results.md, LotteryFL's Table 2, CIFAR-10), where θ_g stayed near chance.
 
     nice -n 10 .venv/bin/python benchmarks/sparse_trainability.py [--epochs 4] [--seeds 0,1] [--lrs 0.01,0.05]
 

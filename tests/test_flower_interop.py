@@ -33,7 +33,7 @@ from strategies.flower import FlowerOptions, flower_class_names
 REPO = Path(__file__).resolve().parents[1]
 # fedavg vs flwr:FedAvg, same seed: |difference| of global_acc and personalized_acc_mean per round. Measured 0
 # (identical to the 6 decimals rounds.csv keeps) over 15 rounds of a 20-client digits run, for mlp_digits and
-# for cnn_digits_bn (README, "Flower's own strategies"); the two differ only in float32 summation order
+# for cnn_digits_bn (docs/strategies/flower.md); the two differ only in float32 summation order
 # (Flower: sum of x_i * (w_i / W); fedlottery: sum of w_i * x_i, then / W): max |d theta_g| 1.8e-7 after one
 # aggregation of 10 replies on LotteryFL's CNN, 5.4e-7 after five.
 TOLERANCE = 1e-6

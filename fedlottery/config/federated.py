@@ -30,8 +30,8 @@ class PartitionConfig:
     flwr-datasets partitioner named by `partitioner` with the keyword arguments `args`.
     """
 
-    scheme: Literal["shards", "dirichlet", "pathological", "iid", "flwr"] = "shards"
-    num_clients: int = 20
+    scheme: Literal["shards", "dirichlet", "pathological", "iid", "flwr"] = "shards"  # how labels are dealt out
+    num_clients: int = 20  # partitions, one simulated client each
     shard_size: int = 20  # shards: images per shard
     shards_per_client: int = 2  # shards
     unbalanced_rate: float = 1.0  # shards: all but each client's first shard keep ceil(rate * shard_size)
@@ -87,12 +87,12 @@ class PartitionConfig:
 class LocalTrainingConfig:
     """What each client does per round: E epochs of minibatch SGD on its own data (LotteryFL defaults)."""
 
-    optimizer: Literal["adam", "sgd"] = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.5
-    weight_decay: float = 0.0
-    batch_size: int = 32
-    epochs: int = 10
+    optimizer: Literal["adam", "sgd"] = "sgd"  # every client's local optimizer
+    lr: float = 0.01  # local learning rate
+    momentum: float = 0.5  # SGD momentum, in [0, 1)
+    weight_decay: float = 0.0  # L2 penalty passed to the optimizer
+    batch_size: int = 32  # images per local step
+    epochs: int = 10  # local epochs E over the client's training split per round
 
     def validate(self, path: str) -> None:
         self.as_training().validate(path)  # the optimizer fields share TrainingConfig's rules
@@ -107,8 +107,8 @@ class LocalTrainingConfig:
 class SimulationConfig:
     """Where client actors run: Ray resources per client (fractional GPUs allowed) and an optional cluster."""
 
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
+    num_cpus: float = 1.0  # Ray CPUs per client actor
+    num_gpus: float = 0.0  # Ray GPUs per client actor; fractions share one (0.25: four actors per GPU)
     ray_address: str | None = None  # "host:6379" or "ray://host:10001"; None: $RAY_ADDRESS, else a private local Ray
     device: str = "auto"  # "auto": cuda when the client actor was given a GPU, else cpu; "cuda", "cuda:<i>"
     actors: int | None = None  # client actors at once (None: as many as the resources allow)
@@ -223,10 +223,11 @@ class TrackingConfig:
 class FederatedConfig:
     """A federated experiment: the strategies to compare on one partition, model and seed."""
 
-    seed: int = 0
+    seed: int = 0  # drives theta_0, the partition, client sampling and local training; --seeds runs several
+    # strategy names (`fedlottery strategies`), run in turn on the same clients and theta_0
     strategies: list[str] = field(default_factory=lambda: ["lotteryfl", "fedavg"])
-    rounds: int = 20
-    clients_per_round: int = 5
+    rounds: int = 20  # federated rounds per strategy
+    clients_per_round: int = 5  # clients sampled per round (seeded), at most partition.num_clients
     data: DataConfig = field(default_factory=DataConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -16,9 +16,9 @@ class DataConfig:
     ClassLabel or string labels in `label_column` (default ``label``).
     """
 
-    dataset: str = "digits"
+    dataset: str = "digits"  # digits (inside scikit-learn), mnist, fashion_mnist, cifar10 or hf
     root: str | None = None  # None: $FEDLOTTERY_DATA, then ../shared/data
-    val_size: int = 300
+    val_size: int = 300  # `fedlottery imp`: training images held out for validation (federated: partition.val_fraction)
     path: str | None = None  # dataset hf: the directory save_to_disk wrote (relative: to the working directory)
     image_column: str | None = None  # dataset hf: None means "image"
     label_column: str | None = None  # dataset hf: None means "label"
@@ -41,7 +41,8 @@ class DataConfig:
 class ModelConfig:
     """Architecture by registry name and the initialisation of its prunable weights."""
 
-    name: str = "mlp_digits"
+    name: str = "mlp_digits"  # a registry name (fedlottery.models.MODELS), e.g. lenet_300_100, lotteryfl_cnn_bn
+    # how conv and linear weights are drawn (biases start at zero); default: torch's own initialisation
     init: Literal["glorot_normal", "kaiming_normal", "default"] = "glorot_normal"
     # The name is checked against the model registry by fedlottery.runtime.experiment (check_model_config).
 
@@ -50,15 +51,15 @@ class ModelConfig:
 class TrainingConfig:
     """One training run: optimizer, schedule length and how often validation is checked (early stopping)."""
 
-    optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = 1.2e-3
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    batch_size: int = 60
-    iterations: int = 2000
-    eval_every: int = 100
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    device: str = "cpu"
+    optimizer: Literal["adam", "sgd"] = "adam"  # the optimizer of every training run
+    lr: float = 1.2e-3  # learning rate (Frankle & Carbin's LeNet-300-100: Adam 1.2e-3)
+    momentum: float = 0.0  # SGD momentum, in [0, 1)
+    weight_decay: float = 0.0  # L2 penalty passed to the optimizer
+    batch_size: int = 60  # images per step
+    iterations: int = 2000  # optimizer steps per training run (one IMP level)
+    eval_every: int = 100  # steps between validation checks; the minimum validation loss is the early stop
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: anneal over the run's iterations
+    device: str = "cpu"  # cpu, cuda or cuda:<index>
 
     def validate(self, path: str) -> None:
         _check(self.lr > 0, f"{path}.lr", "must be > 0")

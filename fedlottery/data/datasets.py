@@ -50,7 +50,7 @@ ENV_CACHE = "FEDLOTTERY_CACHE"
 
 _FIX_HINT = "pass data.root in the config, set FEDLOTTERY_DATA, or put the files at ../shared/data"
 _CORRUPT_FIX = "fix: replace it with an intact copy (or point data.root / $FEDLOTTERY_DATA at one)"
-_HF_FIX = "fix: save it again with DatasetDict.save_to_disk as README.md's Data section describes"
+_HF_FIX = "fix: save it again with DatasetDict.save_to_disk as docs/getting-started.md's Data section describes"
 
 # Repository root = parent of the `fedlottery` package directory.
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -1,7 +1,7 @@
 """`fedlottery run|compare --entry flwr`: the same experiment through Flower's supported entry, `flwr run .`.
 
 Flower deprecates its in-process entry, `flwr.simulation.run_simulation`, which `fedlottery run` uses by
-default (README "The Flower entry" says why it stays the default: Ray under fedlottery's control, the
+default (docs/flower-ray.md, "Which Flower entry runs it", says why it stays the default: Ray under fedlottery's control, the
 ServerApp's error and exit code, Ctrl-C, ~17 s less start-up). This entry runs the experiment as `flwr run .`
 against a local simulation SuperLink through simulations/flwr_run.sh, which starts that daemon, streams the run,
 turns Flower's exit code 0 for a failed ServerApp into 1 by polling the run's final status, and stops the

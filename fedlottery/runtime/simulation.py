@@ -17,8 +17,8 @@ process main: it needs a SuperLink, installs its own signal handlers and ends in
 `fedlottery run` keeps the in-process runtime through `run_simulation`, and drops exactly its deprecation
 banner (`_without_deprecation_banner`), because going through `flwr run` (simulations/flwr_run.sh does; same
 result files, tests/test_simulation_entry.py) costs what this command promises not to:
-- start-up: a median 18 s more to the first round on the shared 2-core machine (6 paired runs, 11-25 s; README,
-  "What a run prints, and which Flower entry runs it"): the SuperLink daemon, building, uploading and installing
+- start-up: a median 18 s more to the first round on the shared 2-core machine (6 paired runs, 11-25 s;
+  docs/flower-ray.md, "Which Flower entry runs it"): the SuperLink daemon, building, uploading and installing
   the FAB, and a second Python process importing everything again;
 - Ray: Flower's backend calls `ray.init()` in the `flwr-simulation` process before the ServerApp has read the
   config, so neither the private local instance nor the checked explicit cluster of `fedlottery.runtime.ray_runtime`
