@@ -126,7 +126,14 @@ def _why(output: str) -> str:
 
 @pytest.fixture
 def two_node_cluster():
-    """A head node (1 CPU, resource head_only) and a worker node (1 CPU, resource worker_node), private to the test.
+    """A head node (1 CPU, resource head_only) and a worker node (1 CPU, resource worker_node), private to the test."""
+    with started_two_node_cluster() as cluster:
+        yield cluster
+
+
+@contextlib.contextmanager
+def started_two_node_cluster(dashboard_port: int | None = None):
+    """Start the two nodes (with the head's dashboard on `dashboard_port`, for job submission), yield, tear down.
 
     The temp dir is a short mkdtemp under /tmp, not pytest's tmp_path: Ray puts unix sockets under
     <temp-dir>/session_<date>_<pid>/sockets/, and a socket path may not exceed 107 bytes. A private temp dir also
@@ -138,10 +145,12 @@ def two_node_cluster():
     if ray.is_initialized():
         pytest.skip("a Ray runtime is already up in this process")
     cluster = Cluster("", Path(tempfile.mkdtemp(prefix="flray-", dir="/tmp")))
+    dashboard = (["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]
+                 if dashboard_port else ["--include-dashboard=false"])
     try:
         port = _free_port()
         common = ["--num-cpus=1", "--num-gpus=0", f"--temp-dir={cluster.temp_dir}", "--disable-usage-stats"]
-        ok, out = _ray_start(cluster, ["--head", f"--port={port}", "--include-dashboard=false",
+        ok, out = _ray_start(cluster, ["--head", f"--port={port}", *dashboard,
                                        f"--ray-client-server-port={_free_port()}",
                                        f"--dashboard-agent-listen-port={_free_port()}",
                                        '--resources={"head_only": 1}', *common], "head.log")
