@@ -5,11 +5,16 @@ A method's gain over FedAvg is a paired difference only if both saw the same cli
 per-strategy RNG, FLASH's hunt (or any extra draw) shifted every later round's clients, and a strategy's name
 changed its clients' batches, so "the same algorithm under another name" gave other numbers."""
 import math
+import uuid
 
 import pytest
 import torch
+from flwr.app import Context, Message, MessageType, RecordDict
 
+import fedlottery.runtime.client_app as client_app
 import strategies
+from fedlottery.runs.results import read_csv, sampled_ids
+from fedlottery.runtime.server_app import run_experiment
 from fedlottery.schedule import client_seed, draw_ids, scheduled_clients
 from strategies import register
 from strategies.fedavg import FedAvgStrategy
@@ -96,3 +101,44 @@ def test_a_renamed_fedavg_trains_to_bit_identical_weights(tmp_path, flower_run, 
         assert torch.equal(ours[name], theirs[name]), name
     tuned = {name: {p: r["finetuned-acc"] for p, r in fed.evaluate(1).items()} for name, fed in runs.items()}
     assert tuned["fedavg"] == tuned[RENAMED]
+
+
+# ---- the real round loop writes the schedule it used -------------------------------------------------------------
+class InProcessGrid:
+    """A Flower Grid stand-in that hands each message to the real ClientApp handlers of in-process clients."""
+
+    def __init__(self, num_clients: int):
+        self.contexts = {100 + pid: Context(run_id=1, node_id=100 + pid, node_config={"partition-id": pid},
+                                            state=RecordDict(), run_config={}) for pid in range(num_clients)}
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, timeout=None):
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid.uuid4())  # what Flower sets when it pushes
+        return [self._answer(m, self.contexts[m.metadata.dst_node_id]) for m in messages]
+
+    @staticmethod
+    def _answer(message: Message, context: Context) -> Message:
+        kind = message.metadata.message_type
+        if kind == MessageType.QUERY:
+            return client_app.setup(message, context)
+        return client_app._handle(message, context, training=kind == MessageType.TRAIN)
+
+
+def test_rounds_csv_records_the_paired_schedule_for_every_strategy(tmp_path, flower_run):
+    names = ["fedavg", "flash-jmwst", "fedpm"]
+    cfg = small_config(names, rounds=3, clients_per_round=2, model={"name": "mlp_digits"}, local={"epochs": 1},
+                       checkpoint={"every": 0},
+                       strategy_options={"flash-jmwst": {"hunt_fraction": 0.75, "hunt_epochs": 1}})
+    run_experiment(InProcessGrid(4), cfg, tmp_path, log=lambda _: None)
+    rows = read_csv(tmp_path / "rounds.csv")
+    assert [(r["strategy"], r["round"]) for r in rows] == [(n, rnd) for n in names for rnd in (1, 2, 3)]
+    for row in rows:
+        sampled, scheduled = sampled_ids(row["sampled"]), scheduled_clients(cfg.seed, row["round"], range(4), 2)
+        if row["strategy"] == "flash-jmwst" and row["round"] == 1:  # the hunt: the scheduled two plus one
+            assert len(sampled) == 3 and set(scheduled) < set(sampled)
+        else:
+            assert sampled == scheduled, row
+        assert row["clients"] == len(sampled)
