@@ -142,3 +142,18 @@ def test_rounds_csv_records_the_paired_schedule_for_every_strategy(tmp_path, flo
         else:
             assert sampled == scheduled, row
         assert row["clients"] == len(sampled)
+
+
+def test_a_resumed_older_rounds_csv_keeps_its_own_header(tmp_path):
+    from fedlottery.runs.results import CsvLog
+    from fedlottery.runtime.server_app import LATER_ROUND_COLUMNS, ROUND_COLUMNS
+
+    older = [c for c in ROUND_COLUMNS if c not in LATER_ROUND_COLUMNS]
+    CsvLog(tmp_path / "rounds.csv", older).append({"round": 1, "strategy": "fedavg"})
+    with pytest.raises(ValueError, match="use another output dir"):  # a fresh run never mixes schemas
+        CsvLog(tmp_path / "rounds.csv", ROUND_COLUMNS)
+    log = CsvLog(tmp_path / "rounds.csv", ROUND_COLUMNS, optional=LATER_ROUND_COLUMNS)  # a resume goes on
+    log.append({"round": 2, "strategy": "fedavg", "sampled": "0 1"})
+    rows = read_csv(tmp_path / "rounds.csv")
+    assert list(rows[0]) == older and [r["round"] for r in rows] == [1, 2]
+    assert sampled_ids("0 1") == [0, 1] and sampled_ids(3) == [3] and sampled_ids(None) == []
