@@ -32,7 +32,8 @@ epochs, batch size), with FedProx's proximal term (mu/2)·||w − w_global||² w
 "proximal-mu" and the learning rate "lr" when they carry one. Its batch order is drawn from the client's own
 stream for (seed, round, partition) ("train-seed", fedlottery.schedule.client_seed), so every dense baseline
 of a run sees the same clients in the same batch order and differs from fedlottery's `fedavg` only by its
-server rule (and proximal term). It reports "train_loss": the received model's mean loss on the client's training split (q-FedAvg's F_k(w^t)).
+server rule (and proximal term). It reports "train_loss": the received model's mean loss on the client's
+training split (q-FedAvg's F_k(w^t)).
 """
 from __future__ import annotations
 
