@@ -224,7 +224,7 @@ def _check_resumable(out: Path, overwrite: bool, cfg) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fedlottery.runs.report import comparison_table
+    from fedlottery.runs.report import comparison_table, run_hurt
 
     verbosity = _verbosity(args)  # before anything imports Ray or Flower
     _choose_entry(args)
@@ -233,7 +233,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _run_all(cfg, out, args, verbosity)
         return 0
     summary = _runner(args, verbosity)(cfg, out, resume=args.resume)
-    print(comparison_table([(out.name, summary)]))
+    print(comparison_table([(out.name, summary)], [run_hurt(out)]))
     print(f"\nwritten: {out}/rounds.csv, clients.csv, summary.json  (plots: fedlottery report {out})")
     return 0
 

@@ -9,7 +9,6 @@ Client half (`client_train`, a classmethod run inside the ClientApp): what a cli
 from __future__ import annotations
 
 import math
-import random
 import zlib
 from abc import abstractmethod
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from fedlottery.aggregation import ClientWeights
 from fedlottery.comm import CodecError, pack_state, unpack_state
 from fedlottery.config import CommConfig, LocalTrainingConfig
 from fedlottery.plain_state import from_plain, to_plain
+from fedlottery.schedule import scheduled_clients
 from fedlottery.sparsity import Mask
 from fedlottery.sparsity.mask_table import MaskTable
 from fedlottery.training import Split
@@ -158,9 +158,10 @@ class FederatedStrategy(Strategy):
     name: ClassVar[str] = ""
     options_cls: ClassVar[type] = NoOptions
     # What a checkpoint saves (the server state that changes between rounds); a subclass with state of its own
-    # adds its attributes. Everything else is rebuilt from the set-up and options (`rebuilt_fields`).
+    # adds its attributes. Everything else is rebuilt from the set-up and options (`rebuilt_fields`). (No RNG:
+    # the schedule is a pure function of seed and round, fedlottery.schedule; older checkpoints' "rng" is ignored.)
     state_fields: ClassVar[tuple[str, ...]] = (
-        "global_state", "masks", "client_holds", "state_version", "state_keep", "rng", "failures")
+        "global_state", "masks", "client_holds", "state_version", "state_keep", "failures")
     rebuilt_fields: ClassVar[frozenset[str]] = frozenset(
         {"setup", "options", "shapes", "personal", "round_failures", "_pending"})
     broadcast: ClassVar[bool] = False
@@ -209,7 +210,6 @@ class FederatedStrategy(Strategy):
         self.state_version: dict[int, int] = {pid: 0 for pid in setup.node_of}
         self.state_keep: dict[int, int] = {pid: 0 for pid in setup.node_of}
         self.personal = self.personal_tensors(self.options, list(setup.theta0), list(setup.prunable), setup.batchnorm)
-        self.rng = random.Random(setup.seed)
         self.failures: list[str] = []  # every failure of the run, one line each
         self.round_failures: list[Failure] = []  # this round's (and phase's), for the run's log
         self._pending: list[tuple[Message, Sent]] = []  # this round's messages and what each carried
@@ -230,8 +230,10 @@ class FederatedStrategy(Strategy):
         """The server rule: fold the round's decoded replies (sorted by partition id) into `global_state`."""
 
     def sample(self, server_round: int) -> list[int]:
-        """Partition ids for this round, from the seeded RNG (reproducible whatever the node ids)."""
-        return sorted(self.rng.sample(sorted(self.setup.node_of), self.setup.clients_per_round))
+        """This round's partition ids: the run's paired schedule (fedlottery.schedule), the same clients for every
+        strategy of the run whatever the node ids, so methods are compared on the same draws. A strategy that
+        must draw clients of its own does so from a stream named by its purpose (see FLASH's hunt)."""
+        return scheduled_clients(self.setup.seed, server_round, self.setup.node_of, self.setup.clients_per_round)
 
     def instructions(self, partition_id: int, server_round: int) -> dict[str, Any]:
         """Extra config for one client's message (scalars); it reaches `ClientTask.instructions`."""
@@ -412,7 +414,8 @@ class FederatedStrategy(Strategy):
         return {name: to_plain(getattr(self, name), f"{self.name}.{name}") for name in self.state_fields}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Go on from `state_dict()`'s output (a checkpoint written by the same strategy and config)."""
+        """Go on from `state_dict()`'s output (a checkpoint written by the same strategy and config). Saved fields
+        this version no longer declares (an older checkpoint's "rng") are ignored."""
         missing = [name for name in self.state_fields if name not in state]
         if missing:
             raise ValueError(f"{self.name}: the saved state lacks {', '.join(missing)}")

@@ -1,10 +1,11 @@
 """FLASH (Babakniya et al., TMLR 2023): one sparse mask for everyone, found by sparsity hunting
 (ALGORITHMS.md section 4). Three strategies share the machinery here:
 
-- Round 1 is stage 1, sparsity hunting: ceil(hunt_fraction * N) clients get the same random mask at the
-  target density, run dynamic sparse training (prune-and-regrow) for hunt_epochs and report only their
-  per-layer densities (all the server uses). The server rescales the mean layer densities to the target,
-  draws a fresh random mask per layer at those counts and restarts from theta_0 under it.
+- Round 1 is stage 1, sparsity hunting: ceil(hunt_fraction * N) clients (round 1's scheduled clients, cut
+  down or topped up to that number: `_Flash.sample`) get the same random mask at the target density, run
+  dynamic sparse training (prune-and-regrow) for hunt_epochs and report only their per-layer densities (all
+  the server uses). The server rescales the mean layer densities to the target, draws a fresh random mask per
+  layer at those counts and restarts from theta_0 under it.
 - `flash-spdst`: that server mask stays fixed; clients train masked weights.
 - `flash-jmwst`: every mask_interval rounds, clients also run prune-and-regrow from the server mask and
   upload weights and their mask changes; the server averages, then keeps the top-|w| entries of the
@@ -35,6 +36,7 @@ import torch
 from fedlottery.aggregation import masked_mean, mean
 from fedlottery.errors import ConfigError
 from fedlottery.models import clone_state
+from fedlottery.schedule import draw_ids
 from fedlottery.sparsity import (
     Mask, prune_and_regrow, random_mask_with_counts, rescale_counts, top_magnitude_mask,
 )
@@ -157,12 +159,26 @@ class _Flash(FederatedStrategy):
         return self.hunted and (server_round - 2) % self.options.mask_interval == 0
 
     def sample(self, server_round: int) -> list[int]:
+        """After the hunt, the run's paired schedule. In the hunt round, ceil(hunt_fraction * N) hunters built on
+        that round's scheduled clients, so the hunt stays paired with the other methods' round 1: when more are
+        needed, all the scheduled clients plus extras drawn from the others; when fewer, a subset of the
+        scheduled ones. Either draw comes from the stream (seed, round, "flash-hunters"), which leaves every
+        later round's schedule untouched."""
+        scheduled = super().sample(server_round)
         if self.hunted:
-            return super().sample(server_round)
-        count = math.ceil(self.options.hunt_fraction * len(self.setup.node_of))
-        hunters = sorted(self.rng.sample(sorted(self.setup.node_of), count))
+            return scheduled
+        hunters = self.hunters(server_round, scheduled)
         self.masks.assign(hunters, self.level_masks[0])
         return hunters
+
+    def hunters(self, server_round: int, scheduled: list[int]) -> list[int]:
+        """The hunt's clients: `scheduled` cut down to, or topped up to, ceil(hunt_fraction * N)."""
+        count = math.ceil(self.options.hunt_fraction * len(self.setup.node_of))
+        seed = self.setup.seed
+        if count <= len(scheduled):
+            return draw_ids(seed, server_round, "flash-hunters", scheduled, count)
+        others = sorted(set(self.setup.node_of) - set(scheduled))
+        return sorted(scheduled + draw_ids(seed, server_round, "flash-hunters", others, count - len(scheduled)))
 
     def instructions(self, partition_id: int, server_round: int) -> dict[str, Any]:
         phase = "hunt" if not self.hunted else ("search" if self.searches_masks and self.is_search_round(

@@ -29,10 +29,11 @@ every call into Flower, so Flower's own `random.sample` never disturbs a run's o
 
 The client half trains the received dense model like fedlottery's FedAvg (`local` config: optimizer, lr,
 epochs, batch size), with FedProx's proximal term (mu/2)·||w − w_global||² when the instructions carry
-"proximal-mu" and the learning rate "lr" when they carry one. Its batch order is drawn from fedavg's stream
-for the same (seed, round, partition) ("train-seed"), so every dense baseline of a run sees the same clients
-in the same batch order and differs from fedlottery's `fedavg` only by its server rule (and proximal term).
-It reports "train_loss": the received model's mean loss on the client's training split (q-FedAvg's F_k(w^t)).
+"proximal-mu" and the learning rate "lr" when they carry one. Its batch order is drawn from the client's own
+stream for (seed, round, partition) ("train-seed", fedlottery.schedule.client_seed), so every dense baseline
+of a run sees the same clients in the same batch order and differs from fedlottery's `fedavg` only by its
+server rule (and proximal term). It reports "train_loss": the received model's mean loss on the client's
+training split (q-FedAvg's F_k(w^t)).
 """
 from __future__ import annotations
 
@@ -42,7 +43,6 @@ import math
 import random
 import types
 import typing
-import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable
@@ -58,6 +58,7 @@ from fedlottery.config import ConfigError
 from fedlottery.models import clone_state
 from fedlottery.training import evaluate, train
 from fedlottery.plain_state import from_plain, to_plain
+from fedlottery.schedule import client_seed
 from strategies.base import ClientTask, ClientUpdate, FederatedStrategy, Reply
 
 PREFIX = "flwr:"
@@ -258,7 +259,9 @@ class FlowerStrategy(FederatedStrategy):
     def instructions(self, partition_id: int, server_round: int) -> dict[str, Any]:
         if partition_id not in self.round_config:
             return {}
-        stream = zlib.crc32(f"{self.setup.seed}/{server_round}/{partition_id}/fedavg".encode())
+        # The client's own training stream (which names no strategy), sent explicitly so the Flower client half
+        # and fedlottery's FedAvg draw the same batches whatever generator a task carries.
+        stream = client_seed(self.setup.seed, server_round, partition_id, "train")
         return {**self.round_config[partition_id], "train-seed": stream}
 
     def aggregate(self, server_round: int, replies: list[Reply]) -> None:

@@ -30,8 +30,8 @@ from strategies.local import LocalStrategy
 
 # The ClientApp / ServerApp changes these strategies need (see each strategy's module): until they are in,
 # the tests that go through them are skipped, and the rest still run.
-CLIENT_APP_READY = ("personal_tensors" in inspect.getsource(client_app._handle)
-                    and "update.upload" in inspect.getsource(client_app._handle))
+CLIENT_APP_READY = ("personal_tensors" in inspect.getsource(client_app)
+                    and "update.upload" in inspect.getsource(client_app))
 SERVER_APP_READY = "communicates" in inspect.getsource(server_app._train_round)
 needs_client_app = pytest.mark.skipif(not CLIENT_APP_READY, reason="needs the ClientApp to ask personal_tensors "
                                       "and to send ClientUpdate.upload")
@@ -274,7 +274,10 @@ def test_local_model_persists_and_improves_over_rounds(tmp_path, flower_run, mon
         assert accuracy[3][pid]["test-acc"] == pytest.approx(evaluate(model, data.test)[1])
         assert accuracy[3][pid]["deployed-acc"] == pytest.approx(accuracy[3][pid]["test-acc"])
     mean = lambda results: sum(r["test-acc"] for r in results.values()) / len(results)  # noqa: E731
-    assert mean(accuracy[3]) > mean(accuracy[1]) + 0.05
+    # ... and it improves: every client's test loss falls by over a third, the mean accuracy rises (a fixed accuracy
+    # margin does not fit: with the paired client seeds, round 1 already scores 95%)
+    assert all(accuracy[3][pid]["test-loss"] < 0.67 * accuracy[1][pid]["test-loss"] for pid in range(4))
+    assert mean(accuracy[3]) > mean(accuracy[1])
 
 
 # ---- all three, for real -------------------------------------------------------------------------------------

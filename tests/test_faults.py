@@ -1,38 +1,33 @@
 """Seeded fault injection through a real Flower + Ray run: every injected fault is counted, exactly, with a
 one-line cause, and the run completes."""
-import random
-
 import pytest
 
 from fedlottery.config import FederatedConfig, from_dict
 from fedlottery.runtime.faults import EVAL_FAULTS, TRAIN_FAULTS, draw, faults_of, injected
-from fedlottery.runs.results import read_csv, read_json
+from fedlottery.runs.results import read_csv, read_json, sampled_ids
+from fedlottery.schedule import scheduled_clients
 from fedlottery.runtime.simulation import run_federated
 
 
 def test_draws_are_fixed_by_their_arguments_and_uniform():
-    values = [draw(0, "fedavg", r, p, "nan") for r in range(1, 50) for p in range(40)]
-    assert values == [draw(0, "fedavg", r, p, "nan") for r in range(1, 50) for p in range(40)]
+    values = [draw(0, r, p, "nan") for r in range(1, 50) for p in range(40)]
+    assert values == [draw(0, r, p, "nan") for r in range(1, 50) for p in range(40)]
     assert 0.45 < sum(values) / len(values) < 0.55 and min(values) >= 0 and max(values) < 1
-    assert draw(1, "fedavg", 1, 0, "nan") != draw(0, "fedavg", 1, 0, "nan")
+    assert draw(1, 1, 0, "nan") != draw(0, 1, 0, "nan")
+    assert draw(0, 1, 0, "nan") != draw(0, 1, 0, "late")  # each kind its own draw
 
 
 def test_probability_zero_never_and_one_always_injects():
     faults = from_dict(FederatedConfig, {"faults": {"nan": 1.0}}).faults
-    assert all(injected(faults, 0, "x", r, p, "nan") for r in range(5) for p in range(5))
-    assert not any(injected(faults, 0, "x", r, p, "late") for r in range(5) for p in range(5))
-
-
-def _sampled(seed: int, clients: int, per_round: int, rounds: int) -> list[list[int]]:
-    """The base strategy's sampling (strategies.base.FederatedStrategy.sample), replayed."""
-    rng = random.Random(seed)
-    return [sorted(rng.sample(list(range(clients)), per_round)) for _ in range(rounds)]
+    assert all(injected(faults, 0, r, p, "nan") for r in range(5) for p in range(5))
+    assert not any(injected(faults, 0, r, p, "late") for r in range(5) for p in range(5))
 
 
 @pytest.mark.slow
 def test_injected_faults_are_counted_exactly_and_the_run_completes(tmp_path):
     cfg = from_dict(FederatedConfig, {
-        "seed": 5, "strategies": ["fedavg", "lotteryfl"], "rounds": 4, "clients_per_round": 4,
+        # seed 3: under the paired fault draws (seed, round, partition, kind) its faults include every cause below
+        "seed": 3, "strategies": ["fedavg", "lotteryfl"], "rounds": 4, "clients_per_round": 4,
         "data": {"dataset": "digits"}, "model": {"name": "mlp_digits"},
         "partition": {"scheme": "shards", "num_clients": 6, "shard_size": 30, "shards_per_client": 2,
                       "val_fraction": 0.25},
@@ -45,16 +40,17 @@ def test_injected_faults_are_counted_exactly_and_the_run_completes(tmp_path):
     run_federated(cfg, tmp_path, log=lambda _: None)
     rows = read_csv(tmp_path / "rounds.csv")
     summary = read_json(tmp_path / "summary.json")
-    sampled = _sampled(cfg.seed, 6, 4, 4)
     total_injected = 0
     for row in rows:
         rnd, name = row["round"], row["strategy"]
-        faulty = [p for p in sampled[rnd - 1] if faults_of(cfg.faults, cfg.seed, name, rnd, p, TRAIN_FAULTS)]
+        sampled = sampled_ids(row["sampled"])
+        assert sampled == scheduled_clients(cfg.seed, rnd, range(6), 4)  # the paired schedule, every strategy
+        faulty = [p for p in sampled if faults_of(cfg.faults, cfg.seed, rnd, p, TRAIN_FAULTS)]
         assert row["failed_train_clients"] == len(faulty), (name, rnd, faulty)
         assert row["clients"] == 4 - len(faulty)
         total_injected += len(faulty)
         if row["evaluated_clients"] is not None:
-            crashed = [p for p in range(6) if faults_of(cfg.faults, cfg.seed, name, rnd, p, EVAL_FAULTS)]
+            crashed = [p for p in range(6) if faults_of(cfg.faults, cfg.seed, rnd, p, EVAL_FAULTS)]
             assert row["failed_eval_clients"] == len(crashed)
             assert row["evaluated_clients"] == 6 - len(crashed)
             total_injected += len(crashed)

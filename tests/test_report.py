@@ -154,3 +154,55 @@ def test_density_bars_sit_side_by_side_in_the_legend_colours(tmp_path, figs):
 @pytest.mark.parametrize("n", [1, 2, 9, 10, 11, 20, 21, 40])
 def test_colours_are_distinct(n):
     assert len(set(colours(n))) == n
+
+
+# ---- share of clients hurt (below their own local-only accuracy) ----------------------------------------------------
+def _clients_csv(where: Path, rows: list[tuple]) -> None:
+    """clients.csv rows (strategy, seed, partition_id, final_acc), as the ServerApp writes them."""
+    where.mkdir(parents=True, exist_ok=True)
+    with (where / "clients.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["strategy", "seed", "partition_id", "final_acc", "best_acc", "density"])
+        writer.writerows([(s, seed, p, "" if acc is None else acc, acc, 1.0) for s, seed, p, acc in rows])
+
+
+LOCAL_ACC = [0.90, 0.60, 0.70, 0.50]
+
+
+def _hand_made(seed: int, fedavg: list, cell: list) -> list[tuple]:
+    return [(name, seed, p, acc) for name, accs in (("local", LOCAL_ACC), ("fedavg", fedavg), ("cell", cell))
+            for p, acc in enumerate(accs)]
+
+
+def test_hurt_is_the_share_of_clients_below_their_own_local_accuracy(tmp_path):
+    from fedlottery.runs.report import hurt_shares, run_hurt
+    from fedlottery.runs.results import read_csv
+
+    # fedavg: client 0 below (0.80 < 0.90), client 2 equal (not hurt), 1 and 3 above -> 1 of 4
+    # cell: client 3 unevaluated (left out), clients 0 and 1 below -> 2 of 3
+    _clients_csv(tmp_path / "run", _hand_made(0, [0.80, 0.65, 0.70, 0.90], [0.85, 0.55, 0.95, None]))
+    assert hurt_shares(read_csv(tmp_path / "run" / "clients.csv")) == {("fedavg", 0): 0.25, ("cell", 0): 2 / 3}
+    assert run_hurt(tmp_path / "run") == {"local": None, "fedavg": 0.25, "cell": 2 / 3}
+    summary = {"strategies": {n: _strategy(0.7, 1.0) for n in ("local", "fedavg", "cell")}}
+    table = comparison_table([("run", summary)], [run_hurt(tmp_path / "run")])
+    rows = {line.split(" | ")[1]: line for line in table.splitlines()[2:]}
+    assert "hurt (clients below their local-only acc) |" in table.splitlines()[0]
+    assert rows["fedavg"].endswith("| 25% |") and rows["cell"].endswith("| 67% |")
+    assert rows["local"].endswith("| reference |")
+    # a run without a local strategy: no column at all
+    _clients_csv(tmp_path / "plain", [r for r in _hand_made(0, LOCAL_ACC, LOCAL_ACC) if r[0] != "local"])
+    assert run_hurt(tmp_path / "plain") == {}
+    assert "hurt" not in comparison_table([("plain", summary)], [run_hurt(tmp_path / "plain")])
+
+
+def test_the_seed_table_gives_hurt_as_mean_and_std_over_seeds(tmp_path):
+    from fedlottery.runs.seeds import seed_table
+
+    summary = {"strategies": {n: _strategy(0.7, 1.0) for n in ("local", "fedavg", "cell")}}
+    for seed, (fedavg, cell) in {0: ([0.80, 0.65, 0.70, 0.90], [0.1, 0.1, 0.1, 0.1]),  # 25%, 100%
+                                 1: ([0.80, 0.50, 0.60, 0.40], [0.1, 0.1, 0.1, 0.1])}.items():  # 100%, 100%
+        _clients_csv(tmp_path / f"seed{seed}", _hand_made(seed, fedavg, cell))
+        (tmp_path / f"seed{seed}" / "summary.json").write_text(json.dumps(summary))
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in seed_table(tmp_path).splitlines()[2:]}
+    assert rows["fedavg"].endswith("| 62% ± 53% |")  # mean 62.5 (printed to even), sample std 53.0
+    assert rows["cell"].endswith("| 100% ± 0% |") and rows["local"].endswith("| reference |")

@@ -12,16 +12,61 @@ def _pct(value) -> str:
     return "" if value is None else f"{100 * value:.2f}"
 
 
-def comparison_table(runs: list[tuple[str, dict]]) -> str:
-    """Rows per (run, strategy): honest personalised accuracy, the paper's metric, global accuracy, MB."""
+LOCAL = "local"  # strategies.local.LocalStrategy.name: the local-only baseline `hurt` compares each client with
+HURT_TITLE = "hurt (clients below their local-only acc)"
+
+
+def hurt_shares(clients: list[dict]) -> dict[tuple[str, int | None], float]:
+    """(strategy, seed) -> the share of clients whose final personalised accuracy (clients.csv final_acc) is below
+    their own local-only final accuracy, same seed and partition: a mean gain can hide clients that federation
+    left worse off than training alone. Clients without both accuracies are left out; {} without a local run."""
+    local = {(r.get("seed"), r.get("partition_id")): r["final_acc"] for r in clients
+             if r["strategy"] == LOCAL and r.get("final_acc") is not None}
+    counts: dict[tuple[str, int | None], list[int]] = {}
+    for r in clients:
+        key = (r.get("seed"), r.get("partition_id"))
+        if r["strategy"] == LOCAL or r.get("final_acc") is None or key not in local:
+            continue
+        tally = counts.setdefault((r["strategy"], r.get("seed")), [0, 0])
+        tally[0] += r["final_acc"] < local[key]
+        tally[1] += 1
+    return {key: hurt / total for key, (hurt, total) in counts.items()}
+
+
+def run_hurt(run_dir: Path) -> dict[str, float | None]:
+    """strategy -> its hurt share in one run directory (its clients.csv), the local strategy itself -> None; {} when
+    the run holds no local strategy."""
+    path = Path(run_dir) / "clients.csv"
+    rows = read_csv(path) if path.exists() else []
+    if not any(r["strategy"] == LOCAL for r in rows):
+        return {}
+    by_name: dict[str, list[float]] = {}
+    for (name, _), share in hurt_shares(rows).items():
+        by_name.setdefault(name, []).append(share)
+    return {LOCAL: None, **{name: sum(v) / len(v) for name, v in by_name.items()}}
+
+
+def hurt_cell(name: str, hurt: dict[str, float | None]) -> str:
+    """'35%'; 'reference' for the local strategy itself; '' when the run has no local-only clients to compare."""
+    if name == LOCAL and LOCAL in hurt:
+        return "reference"
+    share = hurt.get(name)
+    return "" if share is None else f"{100 * share:.0f}%"
+
+
+def comparison_table(runs: list[tuple[str, dict]], hurt: list[dict[str, float | None]] | None = None) -> str:
+    """Rows per (run, strategy): honest personalised accuracy, the paper's metric, global accuracy, MB; and, when a
+    run holds the local-only strategy, each method's share of clients hurt (`hurt`: run_hurt per run, in order)."""
+    hurt = hurt or [{} for _ in runs]
+    with_hurt = any(hurt)
     lines = [
         "| run | strategy | personalised acc % (final, all clients) | paper metric % (best of rounds) | "
         "global acc % | deployed acc % (own last trained weights) | fine-tuned acc % | mean density | MiB up | "
-        "MiB down | MiB down as broadcast | MiB up, values only | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "MiB down | MiB down as broadcast | MiB up, values only | wall s |" + (f" {HURT_TITLE} |" if with_hurt else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if with_hurt else ""),
     ]
     flagged = False
-    for label, summary in runs:
+    for (label, summary), shares in zip(runs, hurt):
         for name, s in summary["strategies"].items():
             std = s.get("personalized_acc_std")
             partial = _partial(s)
@@ -34,7 +79,7 @@ def comparison_table(runs: list[tuple[str, dict]]) -> str:
                 f"{s['density_mean_final']:.3f} | "
                 f"{s['bytes_up'] / MB:.2f} | {s['bytes_down'] / MB:.2f} | "
                 f"{s.get('bytes_down_broadcast', s['bytes_down']) / MB:.2f} | {s['values_bytes_up'] / MB:.2f} | "
-                f"{s['wall_s']:.1f} |"
+                f"{s['wall_s']:.1f} |" + (f" {hurt_cell(name, shares)} |" if with_hurt else "")
             )
     if flagged:
         lines.append("\n\\* evaluation missed clients: the accuracy is over the k of N clients shown, not all "
@@ -60,7 +105,7 @@ def report(dirs: list[Path], plots_dir: Path | None = None) -> str:
     plots_dir = plots_dir or dirs[0]
     plots_dir.mkdir(parents=True, exist_ok=True)
     paths = _plot(runs, plots_dir)
-    table = comparison_table([(d.name, s) for d, s in runs])
+    table = comparison_table([(d.name, s) for d, s in runs], [run_hurt(d) for d, _ in runs])
     return table + "\n\nplots: " + ", ".join(str(p) for p in paths)
 
 

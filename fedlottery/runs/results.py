@@ -16,15 +16,20 @@ from typing import Callable, Iterable
 
 
 class CsvLog:
-    """Append-only CSV with a fixed header; refuses to mix schemas in one file."""
+    """Append-only CSV with a fixed header; refuses to mix schemas in one file.
 
-    def __init__(self, path: Path, columns: list[str]):
+    optional: columns an existing file may lack because it was written before they were added (a resumed older
+    run); such a file keeps its own header and those columns are not written to it, so it stays one schema."""
+
+    def __init__(self, path: Path, columns: list[str], optional: tuple[str, ...] = ()):
         self.path, self.columns = Path(path), columns
         if self.path.exists() and self.path.stat().st_size > 0:
             with self.path.open() as f:
                 header = next(csv.reader(f), [])
-            if header != columns:
+            older = [c for c in columns if c in header or c not in optional]
+            if header not in (columns, older):
                 raise ValueError(f"{self.path} has columns {header}, expected {columns}; use another output dir")
+            self.columns = header
         else:
             with self.path.open("w", newline="") as f:
                 csv.writer(f).writerow(columns)
@@ -38,6 +43,13 @@ def read_csv(path: Path) -> list[dict]:
     """Rows of a results CSV with numbers parsed back (empty cells become None)."""
     with Path(path).open() as f:
         return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def sampled_ids(value) -> list[int]:
+    """A rounds.csv `sampled` cell as partition ids: read_csv gives "3 5 7", a lone 4 as an int, "" as None."""
+    if value is None:
+        return []
+    return [int(p) for p in str(value).split()]
 
 
 def _parse(value: str):

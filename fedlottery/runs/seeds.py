@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
-from fedlottery.runs.report import sampled_note
+from fedlottery.runs.report import HURT_TITLE, LOCAL, run_hurt, sampled_note
 from fedlottery.runs.results import read_csv, read_json
 
 MB = 2**20
@@ -71,16 +71,21 @@ def _cell(values: list[float | None], scale: float, digits: int = 2) -> str:
 
 
 def seed_table(out: Path, baseline: str | None = None) -> str:
-    """Mean ± std over seeds per strategy, and the paired difference from `baseline` (default: fedavg when run)."""
+    """Mean ± std over seeds per strategy, the paired difference from `baseline` (default: fedavg when run), and
+    when the seeds hold a local run, each method's share of clients below their local-only accuracy."""
     runs = summaries(out)
     if not runs:
         raise FileNotFoundError(f"{out} holds no seed<S>/summary.json: run with --seeds first")
     names = list(dict.fromkeys(n for s in runs.values() for n in s["strategies"]))
     baseline = baseline or ("fedavg" if "fedavg" in names else None)
+    hurt = {seed: run_hurt(seed_dir(out, seed)) for seed in runs}
+    with_hurt = any(hurt.values())
     head = ["strategy", "seeds"] + [title for _, title, _ in COLUMNS]
     if baseline:
         head += [f"Δ personalised vs {baseline} (paired)", f"Δ fine-tuned vs {baseline} (paired)",
                  f"uplink / {baseline}"]
+    if with_hurt:
+        head.append(HURT_TITLE)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in names:
         per_seed = {seed: s["strategies"][name] for seed, s in runs.items() if name in s["strategies"]}
@@ -93,8 +98,21 @@ def seed_table(out: Path, baseline: str | None = None) -> str:
                       for s in runs.values() if name in s["strategies"] and baseline in s["strategies"]
                       and s["strategies"][baseline]["bytes_up"]]
             cells.append(_cell(ratios, 1, 3))
+        if with_hurt:
+            cells.append(_hurt_cell(name, [hurt[seed].get(name) for seed in per_seed]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _hurt_cell(name: str, shares: list[float | None]) -> str:
+    """The share of clients below their local-only accuracy, mean ± std over the seeds that had a local run."""
+    if name == LOCAL:
+        return "reference"
+    values = [100 * v for v in shares if v is not None]
+    if not values:
+        return ""
+    mean, std = _mean_std(values)
+    return f"{mean:.0f}% ± {std:.0f}%"
 
 
 def _paired(runs: dict[int, dict], name: str, baseline: str, key: str) -> str:

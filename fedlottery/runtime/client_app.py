@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 import time
-import zlib
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -25,11 +26,12 @@ from fedlottery.comm import CodecError, pack_state, unpack_state
 from fedlottery.config import FederatedConfig
 from fedlottery.runtime.faults import EVAL_FAULTS, TRAIN_FAULTS, InjectedFault, faults_of
 from fedlottery.models import build_model
+from fedlottery.schedule import client_seed
 from fedlottery.runtime.shared_evaluation import evaluate_shared
 from fedlottery.sparsity import Mask
 from fedlottery.training import evaluate, evaluate_many, train, warm_up
 from strategies import get_strategy, options_for
-from strategies.base import ClientData, ClientTask, mask_crc
+from strategies.base import ClientData, ClientTask, ClientUpdate, FederatedStrategy, mask_crc
 
 app = ClientApp()
 STATE_KEY = "fedlottery"
@@ -70,7 +72,48 @@ def evaluate_round(message: Message, context: Context) -> Message:
     return _handle(message, context, training=False)
 
 
+@dataclass
+class _Received:
+    """One fedlottery message as this client reads it: the experiment, the round, the strategy and its options."""
+
+    cfg: FederatedConfig
+    config_json: str
+    conf: ConfigRecord  # the downlink config (DOWNLINK_KEYS, then the strategy's instructions)
+    pid: int
+    server_round: int
+    name: str
+    strategy: type[FederatedStrategy]
+    options: Any
+    faults: list[str]  # the faults injected into this client this round (fedlottery.runtime.faults)
+    theta0: dict[str, torch.Tensor]
+    prunable: list[str]
+    personal: frozenset[str]  # tensors that never leave this client
+    store: ClientStateStore
+
+
+@dataclass
+class _Restored:
+    """The client as it starts this round: its stored state, the mask it trains or is scored under, its model
+    (holding what the server sent, with its personal tensors put back) and its data."""
+
+    held: ClientState
+    mask: Mask
+    model: torch.nn.Module
+    data: ClientData
+
+
 def _handle(message: Message, context: Context, training: bool) -> Message:
+    """A fedlottery message: read it, restore this client's model, then train or evaluate."""
+    received = _receive(message, context, training)
+    restored = _restore(message, received)
+    if training:
+        return _train(message, received, restored)
+    return _evaluate_restored(message, received, restored)
+
+
+def _receive(message: Message, context: Context, training: bool) -> _Received:
+    """Check that the message reaches the client it names (one that was set up), and draw this round's faults:
+    a crash fault fails here, as a broken client would, before any work."""
     if STATE_KEY not in context.state:
         raise RuntimeError("client was not set up: the server must send the setup query first")
     config_json = str(context.state[STATE_KEY]["experiment"])
@@ -80,70 +123,107 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
     if int(conf["partition-id"]) != pid:
         raise RuntimeError(f"message meant for partition {conf['partition-id']} reached partition {pid}")
     name, server_round = str(conf["strategy"]), int(conf["round"])
-    faults = faults_of(cfg.faults, cfg.seed, name, server_round, pid, TRAIN_FAULTS if training else EVAL_FAULTS)
+    faults = faults_of(cfg.faults, cfg.seed, server_round, pid, TRAIN_FAULTS if training else EVAL_FAULTS)
     if "train_crash" in faults or "eval_crash" in faults:
         raise InjectedFault(f"injected fault: {faults[0]}")
     strategy = get_strategy(name)
     theta0, prunable, batchnorm = initial_state(config_json)
     options = options_for(cfg, name)
     personal = strategy.personal_tensors(options, list(theta0), prunable, batchnorm)
-    store = state_store(context)
-    version = int(conf["state-version"])
-    held_state = store.load(name, pid, version)
-    held = held_state.mask or Mask.ones({n: theta0[n].shape for n in prunable})
-    state, sent = unpack_state(message.content["model"], theta0, held, set(prunable))
+    return _Received(cfg, config_json, conf, pid, server_round, name, strategy, options, faults, theta0, prunable,
+                     personal, state_store(context))
+
+
+def _restore(message: Message, received: _Received) -> _Restored:
+    """Decode the downlink against the mask this client holds, refuse a mask the server did not mean (checksum),
+    and load the model: what was sent, masked, plus the personal tensors (and personal entries) it kept."""
+    r = received
+    held_state = r.store.load(r.name, r.pid, int(r.conf["state-version"]))
+    held = held_state.mask or Mask.ones({n: r.theta0[n].shape for n in r.prunable})
+    state, sent = unpack_state(message.content["model"], r.theta0, held, set(r.prunable))
     # broadcast: the same dense model for everyone, and this client applies its own mask
-    mask = held if bool(conf["broadcast"]) or sent is None else sent
-    if mask_crc(mask) != int(conf["mask-crc"]):
+    mask = held if bool(r.conf["broadcast"]) or sent is None else sent
+    if mask_crc(mask) != int(r.conf["mask-crc"]):
         raise CodecError("client mask out of sync with the server's")
     Mask({n: keep for n, keep in mask.items() if n in state}).apply_(state)  # personal tensors stay as kept
-    if strategy.personal_entries:
+    if r.strategy.personal_entries:
         _fill_personal_entries(state, mask, held_state.trained)
-    personal_state = {k: theta0[k] for k in personal}
+    personal_state = {k: r.theta0[k] for k in r.personal}
     personal_state.update(held_state.personal)
-    device = device_for(cfg)
-    dataset, _ = partitions(config_json)
-    model = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, cfg.model.init)
-    model.load_state_dict({**theta0, **state, **personal_state})
+    device = device_for(r.cfg)
+    dataset, _ = partitions(r.config_json)
+    model = build_model(r.cfg.model.name, dataset.input_shape, dataset.num_classes, r.cfg.model.init)
+    model.load_state_dict({**r.theta0, **state, **personal_state})
     model.to(device)
-    data = client_data(config_json, pid, device)
-    if not training:
-        tune_seed = zlib.crc32(f"{cfg.seed}/{server_round}/{pid}/{name}/finetune".encode())
-        shared = None
-        test_set = shared_test_set(config_json, device) if not personal and mask.density() == 1.0 else None
-        if test_set is not None:  # a dense model without personal tensors: maybe the one every client has
-            shared = (config_json, test_set, partitions(config_json)[1][pid].test)
-        tune_mask = None if strategy.personal_entries else mask  # personal entries are weights, not zeros
-        return _evaluate(message, model, tune_mask, data, held_state, cfg, pid, tune_seed, shared)
+    return _Restored(held_state, mask, model, client_data(r.config_json, r.pid, device))
 
-    generator = torch.Generator().manual_seed(zlib.crc32(f"{cfg.seed}/{server_round}/{pid}/{name}".encode()))
-    instructions = {k: v for k, v in conf.items() if k not in DOWNLINK_KEYS}
-    task = ClientTask(model, mask, {k: v.to(device) for k, v in theta0.items()}, data, cfg.local, options,
-                      generator, server_round, dict(held_state.memory), instructions)
-    update = strategy.client_train(task)
+
+def _train(message: Message, received: _Received, restored: _Restored) -> Message:
+    """Run the strategy's client half on this round's task, save the client's new state, encode the reply."""
+    task = _task(received, restored)
+    update = received.strategy.client_train(task)
+    _save_state(received, restored.held, task, update)
+    return _encode_reply(message, received, restored.mask, update)
+
+
+def _task(received: _Received, restored: _Restored) -> ClientTask:
+    """The round's task. Its generator is seeded by (seed, round, partition) alone, never by the strategy's name:
+    the same client draws the same batches under every strategy (fedlottery.schedule)."""
+    r = received
+    generator = torch.Generator().manual_seed(client_seed(r.cfg.seed, r.server_round, r.pid, "train"))
+    instructions = {k: v for k, v in r.conf.items() if k not in DOWNLINK_KEYS}
+    device = device_for(r.cfg)
+    return ClientTask(restored.model, restored.mask, {k: v.to(device) for k, v in r.theta0.items()}, restored.data,
+                      r.cfg.local, r.options, generator, r.server_round, dict(restored.held.memory), instructions)
+
+
+def _save_state(received: _Received, held: ClientState, task: ClientTask, update: ClientUpdate) -> None:
+    """Store this round's client state (mask, memory, personal tensors, last trained weights when kept) as a new
+    version, and drop the versions neither the server nor the last checkpoint can still name."""
+    r = received
     new_state = ClientState(None if update.mask.density() == 1.0 else update.mask, task.memory,
-                            dict(held_state.personal), dict(held_state.trained))
-    if update.send_state and personal:
-        new_state.personal = {k: update.state[k] for k in personal}
-    if update.send_state and (cfg.evaluation.deployed or strategy.personal_entries):
+                            dict(held.personal), dict(held.trained))
+    if update.send_state and r.personal:
+        new_state.personal = {k: update.state[k] for k in r.personal}
+    if update.send_state and (r.cfg.evaluation.deployed or r.strategy.personal_entries):
         new_state.trained = dict(update.state)
-    store.save(name, pid, server_round, new_state)
-    store.keep_only(name, pid, {int(conf["state-keep"]), version, server_round})
+    r.store.save(r.name, r.pid, r.server_round, new_state)
+    r.store.keep_only(r.name, r.pid, {int(r.conf["state-keep"]), int(r.conf["state-version"]), r.server_round})
+
+
+def _encode_reply(message: Message, received: _Received, sent: Mask, update: ClientUpdate) -> Message:
+    """The uplink: what the client half chose to send (encoded against the mask it was sent) and its metrics,
+    with this round's injected faults applied."""
+    r, faults = received, received.faults
     num_examples = update.num_examples * (1000 if "lie_examples" in faults else 1)
     if "nan" in faults and update.send_state:
         _inject_nan(update.state, update.mask)
     arrays = ArrayRecord()
     if update.send_state:
         upload = update.state if update.upload is None else update.upload
-        arrays = pack_state(upload, update.mask, mask, personal, cfg.comm.codec, cfg.comm.values)
+        arrays = pack_state(upload, update.mask, sent, r.personal, r.cfg.comm.codec, r.cfg.comm.values)
     if "corrupt" in faults and arrays:
         _corrupt(arrays)
-    metrics = {"partition-id": pid, "num-examples": num_examples,
-               "mask-changed": float(update.mask != mask), **update.metrics}
+    metrics = {"partition-id": r.pid, "num-examples": num_examples,
+               "mask-changed": float(update.mask != sent), **update.metrics}
     reply = Message(RecordDict({"model": arrays, "metrics": MetricRecord(metrics)}), reply_to=message)
     if "late" in faults:
-        time.sleep(cfg.simulation.round_timeout + 1.0)  # past the round's deadline: the server has moved on
+        time.sleep(r.cfg.simulation.round_timeout + 1.0)  # past the round's deadline: the server has moved on
     return reply
+
+
+def _evaluate_restored(message: Message, received: _Received, restored: _Restored) -> Message:
+    """Score the restored model. A dense model without personal tensors may be the one every client has, so it
+    is scored once per process; the fine-tuning copy's seed, like training's, names no strategy."""
+    r, mask = received, restored.mask
+    tune_seed = client_seed(r.cfg.seed, r.server_round, r.pid, "finetune")
+    shared = None
+    dense_and_shared = not r.personal and mask.density() == 1.0
+    test_set = shared_test_set(r.config_json, device_for(r.cfg)) if dense_and_shared else None
+    if test_set is not None:
+        shared = (r.config_json, test_set, partitions(r.config_json)[1][r.pid].test)
+    tune_mask = None if r.strategy.personal_entries else mask  # personal entries are weights, not zeros
+    return _evaluate(message, restored.model, tune_mask, restored.data, restored.held, r.cfg, r.pid, tune_seed, shared)
 
 
 def _fill_personal_entries(state: dict[str, torch.Tensor], mask: Mask, trained: dict[str, torch.Tensor]) -> None:

@@ -12,7 +12,6 @@ import random
 import re
 import shutil
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,6 +31,7 @@ from fedlottery.errors import CheckpointError, WorkersLost
 from fedlottery.plain_state import to_plain
 from fedlottery.models import batchnorm_names, build_model, clone_state, prunable_names
 from fedlottery.runs.tracking import Tracker
+from fedlottery.schedule import draw_ids
 from fedlottery.runs.results import CsvLog, Progress, partition_table, stderr_log, write_json
 from fedlottery.training import evaluate
 from strategies import get_strategy, options_for
@@ -39,11 +39,15 @@ from strategies.base import FederatedStrategy, ServerSetup
 from strategies.replies import one_line
 
 ROUND_COLUMNS = [
-    "round", "strategy", "seed", "clients", "personalized_acc_mean", "evaluated_clients", "paper_metric", "global_acc",
-    "deployed_acc_mean", "finetuned_acc_mean", "density_mean",
+    "round", "strategy", "seed", "clients", "sampled", "personalized_acc_mean", "evaluated_clients", "paper_metric",
+    "global_acc", "deployed_acc_mean", "finetuned_acc_mean", "density_mean",
     "bytes_up", "bytes_down", "bytes_down_broadcast", "values_bytes_up", "values_bytes_down", "eval_bytes",
     "pruned_clients", "failed_train_clients", "failed_eval_clients", "wall_s", "eval_wall_s",
 ]
+# `sampled`: the partition ids asked to train that round, space-separated (fedlottery.runs.results.sampled_ids).
+# Columns added since rounds.csv was first written: a run resumed from an older checkpoint keeps its file's header
+# (fedlottery.runs.results.CsvLog) and goes on without them, rather than mixing two schemas in one file.
+LATER_ROUND_COLUMNS = ("sampled",)
 CLIENT_COLUMNS = ["strategy", "seed", "partition_id", "final_acc", "best_acc", "density"]
 RESULT_FILES = ("rounds.csv", "clients.csv", "summary.json", "failures.log", CHECKPOINT_FILE)
 CLIENT_STATE_DIR = "client_state"
@@ -193,7 +197,8 @@ def _prepare(grid, cfg: FederatedConfig, out_dir: Path, log, client_state: str, 
     progress = Progress(cfg.rounds * len(cfg.strategies), log)
     if checkpoint is not None:
         progress.skip(checkpoint["strategy_index"] * cfg.rounds + checkpoint["round"])
-    return Experiment(cfg, out_dir, dataset, template, setup, CsvLog(out_dir / "rounds.csv", ROUND_COLUMNS),
+    rounds_log = CsvLog(out_dir / "rounds.csv", ROUND_COLUMNS, optional=LATER_ROUND_COLUMNS if checkpoint else ())
+    return Experiment(cfg, out_dir, dataset, template, setup, rounds_log,
                       CsvLog(out_dir / "clients.csv", CLIENT_COLUMNS), progress,
                       Tracker(cfg.tracking.tensorboard, cfg.seed))
 
@@ -280,6 +285,7 @@ def _train_round(grid, exp: Experiment, strategy: FederatedStrategy, run: Strate
     _log_failures(exp, strategy)
     return {
         "round": rnd, "strategy": strategy.name, "seed": exp.cfg.seed, "clients": accepted,
+        "sampled": " ".join(str(pid) for pid in sorted(pid_of.values())),  # asked, whether or not they replied
         "density_mean": round(strategy.density_mean(), 6),
         "bytes_up": meter.round_total(rnd, "up"), "bytes_down": meter.round_total(rnd, "down"),
         "bytes_down_broadcast": meter.broadcast.get(rnd, 0),
@@ -337,8 +343,7 @@ def evaluation_clients(cfg: FederatedConfig, pids: list[int], rnd: int) -> list[
     k = cfg.evaluation.sample
     if k == 0 or k >= len(pids) or rnd >= cfg.rounds:
         return list(pids)
-    generator = np.random.default_rng(zlib.crc32(f"{cfg.seed}/{rnd}/evaluation-sample".encode()))
-    return sorted(int(p) for p in generator.choice(pids, size=k, replace=False))
+    return draw_ids(cfg.seed, rnd, "evaluation-sample", pids, k)
 
 
 def evaluation_timeout(cfg: FederatedConfig, messages: int) -> float:

@@ -16,7 +16,8 @@ strategy (client_cache.py tells them apart with `is_standard` and sends stock on
   "proximal-mu" ((mu/2)·||w − w_global||² added to the local loss). Reply: "arrays" (the trained state dict)
   and "metrics" with "num-examples" (training images) and "train_loss" (the received model's mean loss on
   the training split, what q-FedAvg weighs clients by). Batches are drawn from a generator seeded by
-  (seed, "server-round", partition), like fedlottery's own clients.
+  (seed, "server-round", partition) exactly as fedlottery's own clients seed theirs (fedlottery.schedule), so a
+  stock FedAvg round trains each client as fedlottery's `fedavg` would.
 - Evaluation: "metrics" with "num-examples", "eval_loss" and "eval_acc" of the received model on the
   client's whole local test set.
 """
@@ -25,7 +26,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import zlib
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -34,12 +34,12 @@ from fedlottery.config import to_dict
 from fedlottery.models import build_model
 from fedlottery.runtime import client_cache
 from fedlottery.runtime.experiment import load_experiment, resolve_config_path
+from fedlottery.schedule import client_seed
 from fedlottery.training import evaluate as evaluate_model
 from fedlottery.training import train as train_model
 
 DEFAULT_CONFIG = "configs/default.yaml"
 CONFIG_ENV = "FEDLOTTERY_CONFIG"
-STREAM = "flwr"  # the strategy part of the training seed (fedlottery's clients use their strategy's name)
 
 
 def is_standard(message: Message) -> bool:
@@ -108,7 +108,7 @@ def train(message: Message, context: Context) -> Message:
     """Plain local training of the received model; FedProx's proximal term when the config asks for it."""
     cfg, pid, model, data, config = _client(message, context)
     server_round = int(config.get("server-round", 0))
-    generator = torch.Generator().manual_seed(zlib.crc32(f"{cfg.seed}/{server_round}/{pid}/{STREAM}".encode()))
+    generator = torch.Generator().manual_seed(client_seed(cfg.seed, server_round, pid, "train"))
     lr = float(config["lr"]) if "lr" in config else None
     mu = float(config.get("proximal-mu", 0.0) or 0.0)
     train_loss = evaluate_model(model, data.train)[0]
