@@ -4,7 +4,7 @@ Layers, bottom to top (docs/architecture.md draws them):
   0 errors
   1 config                                  (YAML and the schemas; no FL library)
   2 sparsity, comm, models, data            (tensors, wire formats, networks, data sets)
-  3 training, aggregation, supermask, plain_state   (maths over those)
+  3 training, aggregation, supermask, plain_state, schedule   (maths over those; the paired client schedule)
   4 strategies                              (both halves of every algorithm)
   5 runs                                    (what a run writes and reads back: results, checkpoints, reports)
   6 runtime, imp                            (Flower apps, simulation, Ray; the centralized IMP runner)
@@ -21,6 +21,7 @@ LAYER = {
     "fedlottery.config": 1,
     "fedlottery.sparsity": 2, "fedlottery.comm": 2, "fedlottery.models": 2, "fedlottery.data": 2,
     "fedlottery.training": 3, "fedlottery.aggregation": 3, "fedlottery.supermask": 3, "fedlottery.plain_state": 3,
+    "fedlottery.schedule": 3,
     "strategies": 4,
     "fedlottery.runs": 5,
     "fedlottery.runtime": 6, "fedlottery.imp": 6,
