@@ -29,7 +29,7 @@ from fedlottery.runtime.shared_evaluation import evaluate_shared
 from fedlottery.sparsity import Mask
 from fedlottery.training import evaluate, evaluate_many, train, warm_up
 from strategies import get_strategy, options_for
-from strategies.base import ClientData, ClientTask, mask_crc
+from strategies.base import RELAY_PREFIX, ClientData, ClientTask, mask_crc
 
 app = ClientApp()
 STATE_KEY = "fedlottery"
@@ -90,7 +90,8 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
     store = state_store(context)
     version = int(conf["state-version"])
     held_state = store.load(name, pid, version)
-    held = held_state.mask or Mask.ones({n: theta0[n].shape for n in prunable})
+    held = held_state.mask or strategy.initial_mask(options, cfg.seed, pid, theta0, list(prunable)) \
+        or Mask.ones({n: theta0[n].shape for n in prunable})
     state, sent = unpack_state(message.content["model"], theta0, held, set(prunable))
     # broadcast: the same dense model for everyone, and this client applies its own mask
     mask = held if bool(conf["broadcast"]) or sent is None else sent
@@ -119,13 +120,14 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
     generator = torch.Generator().manual_seed(zlib.crc32(f"{cfg.seed}/{server_round}/{pid}/{name}".encode()))
     instructions = {k: v for k, v in conf.items() if k not in DOWNLINK_KEYS}
     task = ClientTask(model, mask, {k: v.to(device) for k, v in theta0.items()}, data, cfg.local, options,
-                      generator, server_round, dict(held_state.memory), instructions)
+                      generator, server_round, dict(held_state.memory), instructions,
+                      _relayed(message.content, theta0, prunable), dict(held_state.trained))
     update = strategy.client_train(task)
     new_state = ClientState(None if update.mask.density() == 1.0 else update.mask, task.memory,
                             dict(held_state.personal), dict(held_state.trained))
     if update.send_state and personal:
         new_state.personal = {k: update.state[k] for k in personal}
-    if update.send_state and (cfg.evaluation.deployed or strategy.personal_entries):
+    if update.send_state and (cfg.evaluation.deployed or strategy.personal_entries or strategy.keeps_trained):
         new_state.trained = dict(update.state)
     store.save(name, pid, server_round, new_state)
     store.keep_only(name, pid, {int(conf["state-keep"]), version, server_round})
@@ -144,6 +146,20 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
     if "late" in faults:
         time.sleep(cfg.simulation.round_timeout + 1.0)  # past the round's deadline: the server has moved on
     return reply
+
+
+def _relayed(content: RecordDict, theta0: dict[str, torch.Tensor], prunable: list[str]
+             ) -> dict[int, tuple[dict[str, torch.Tensor], Mask]]:
+    """Other clients' sparse models the server relayed (DisPFL's neighbours), each self-contained: its values
+    and its mask, decoded against no reference (this client never held that mask)."""
+    out = {}
+    for key, record in content.array_records.items():
+        if key.startswith(RELAY_PREFIX):
+            state, keep = unpack_state(record, theta0, None, set(prunable))
+            if keep is None:
+                raise CodecError(f"relayed record {key!r} carries no prunable tensor")
+            out[int(key.removeprefix(RELAY_PREFIX))] = (state, keep)
+    return out
 
 
 def _fill_personal_entries(state: dict[str, torch.Tensor], mask: Mask, trained: dict[str, torch.Tensor]) -> None:
