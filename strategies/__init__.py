@@ -14,11 +14,14 @@ from importlib import metadata
 
 from strategies.base import ClientTask, ClientUpdate, FederatedStrategy, NoOptions, ServerSetup
 from strategies.cell import CELLStrategy
+from strategies.dispfl import DisPFLStrategy
 from strategies.fedavg import FedAvgStrategy
 from strategies.fedbn import FedBNStrategy
+from strategies.feddst import FedDSTStrategy
 from strategies.fedltn import FedLTNStrategy
 from strategies.fedpm import FedPMStrategy
 from strategies.fedselect import FedSelectStrategy
+from strategies.fedspa import FedSpaStrategy
 from strategies.flash import FlashJMWSTStrategy, FlashSPDSTStrategy, HeteroFlashStrategy
 from strategies.flower import flower_strategy, is_flower_name
 from strategies.local import LocalStrategy
@@ -29,6 +32,7 @@ ENTRY_POINT_GROUP = "fedlottery.strategies"
 _BUILTIN: dict[str, type[FederatedStrategy]] = {cls.name: cls for cls in (
     FedAvgStrategy, LotteryFLStrategy, FedLTNStrategy, FlashSPDSTStrategy, FlashJMWSTStrategy,
     HeteroFlashStrategy, CELLStrategy, FedBNStrategy, LocalStrategy, FedPMStrategy, FedSelectStrategy,
+    FedDSTStrategy, FedSpaStrategy, DisPFLStrategy,
 )}
 _registered: dict[str, type[FederatedStrategy]] = {}
 

@@ -37,6 +37,7 @@ from strategies.replies import (
 )
 
 
+RELAY_PREFIX = "relay/"  # downlink records carrying another client's sparse model (DisPFL's neighbours)
 DENSITY_SLACK = 1e-3  # per-layer rounding when a prune step is clamped to its target
 
 
@@ -76,6 +77,9 @@ class ClientTask:
     server_round: int
     memory: dict[str, float] = field(default_factory=dict)  # this client's own scalars, kept across rounds
     instructions: dict[str, Any] = field(default_factory=dict)  # what the server's `instructions` said
+    # Other clients' sparse models the server relayed (records named RELAY_PREFIX + partition id): (state, mask)
+    relayed: dict[int, tuple[dict[str, torch.Tensor], Mask]] = field(default_factory=dict)
+    trained: dict[str, torch.Tensor] = field(default_factory=dict)  # this client's last trained weights, if kept
 
 
 @dataclass
@@ -106,6 +110,7 @@ class ServerSetup:
     comm: CommConfig = field(default_factory=CommConfig)
     train_sizes: dict[int, int] = field(default_factory=dict)  # partition id -> training images (reply checks)
     test_sizes: dict[int, int] = field(default_factory=dict)  # partition id -> local test images
+    rounds: int = 0  # the run's total rounds (annealing schedules); 0: unknown (a strategy needing it says so)
 
 
 @dataclass
@@ -152,7 +157,10 @@ class FederatedStrategy(Strategy):
     non-prunable tensor, home needs them); `communicates = False` says a real deployment would send nothing
     at all (local training only), so the meter counts no bytes; `ClientUpdate.upload` sends something other
     than the model the client keeps; `personal_entries = True` says the entries outside a client's mask are
-    its own weights (kept from its last training, never sent), not zeros (FedSelect).
+    its own weights (kept from its last training, never sent), not zeros (FedSelect). `keeps_trained = True`
+    makes each client keep its last trained weights and get them back as `ClientTask.trained` (DisPFL averages
+    its own model with its neighbours'); `initial_mask` is a mask both halves derive from the seed, so nothing
+    is sent for it (FedSpa's and DisPFL's per-client random masks, FedDST's pruned initialisation).
     """
 
     name: ClassVar[str] = ""
@@ -168,6 +176,7 @@ class FederatedStrategy(Strategy):
     communicates: ClassVar[bool] = True
     regrows: ClassVar[bool] = False
     personal_entries: ClassVar[bool] = False
+    keeps_trained: ClassVar[bool] = False
     max_abs_value: ClassVar[float] = 1e6  # larger uploaded values are rejected as diverged or forged
     metric_bounds: ClassVar[dict[str, tuple[float, float]]] = {}
     BASE_METRICS: ClassVar[dict[str, tuple[float, float]]] = {"mask-changed": (0.0, 1.0)}
@@ -193,18 +202,24 @@ class FederatedStrategy(Strategy):
         both halves ask this one."""
         return cls.personal_names(options, batchnorm)
 
+    @classmethod
+    def initial_mask(cls, options: Any, seed: int, partition_id: int, theta0: dict[str, torch.Tensor],
+                     prunable: list[str]) -> Mask | None:
+        """The mask a fresh client starts with, derived alike on both sides (None: the dense mask)."""
+        return None
+
     # ---- server half ------------------------------------------------------------------------------------
     def __init__(self, setup: ServerSetup, options: Any = None):
         self.setup = setup
         self.options = options if options is not None else self.options_cls()
         self.global_state = {k: v.clone() for k, v in setup.theta0.items()}
         self.shapes = {n: setup.theta0[n].shape for n in setup.prunable}
-        dense = Mask.ones(self.shapes)
         self.masks = MaskTable()  # bit-packed, shared: n/8 bytes per distinct mask
-        self.masks.assign(setup.node_of, dense)
-        # The mask in each client's stored state version (a new client holds the dense mask).
+        # The mask in each client's stored state version (a new client holds its initial mask).
         self.client_holds = MaskTable()
-        self.client_holds.assign(setup.node_of, dense)
+        for pid, mask in self.initial_masks().items():
+            self.masks[pid] = mask
+            self.client_holds[pid] = mask
         # Which client-state version each client starts from (the round of its last accepted reply), and
         # which one the last checkpoint holds (clients never delete that one).
         self.state_version: dict[int, int] = {pid: 0 for pid in setup.node_of}
@@ -213,6 +228,15 @@ class FederatedStrategy(Strategy):
         self.failures: list[str] = []  # every failure of the run, one line each
         self.round_failures: list[Failure] = []  # this round's (and phase's), for the run's log
         self._pending: list[tuple[Message, Sent]] = []  # this round's messages and what each carried
+
+    def initial_masks(self) -> dict[int, Mask]:
+        """Every client's starting mask (`initial_mask`, or the dense one)."""
+        dense = Mask.ones(self.shapes)
+        out = {}
+        for pid in self.setup.node_of:
+            mask = self.initial_mask(self.options, self.setup.seed, pid, self.setup.theta0, list(self.setup.prunable))
+            out[pid] = dense if mask is None else mask
+        return out
 
     def summary(self) -> None:
         log(INFO, "%s: %d clients, %d per round", self.name, len(self.setup.node_of), self.setup.clients_per_round)
@@ -262,22 +286,28 @@ class FederatedStrategy(Strategy):
         """Only what the client lacks: its subnetwork's values, plus the mask news against what it holds
         (or, for a broadcast strategy, the same dense model for everyone)."""
         mask, held = self.masks[partition_id], self.client_holds[partition_id]
-        comm = self.setup.comm
-        if self.broadcast:
-            arrays = pack_state(self.global_state, skip=self.personal, values=comm.values)
-        else:
-            arrays = pack_state(self.personal_state(partition_id, mask), mask, held, self.personal, comm.codec,
-                                comm.values)
+        arrays = self.downlink_model(partition_id, message_type, mask, held)
         config = ConfigRecord({
             "strategy": self.name, "round": server_round, "partition-id": partition_id,
             "broadcast": self.broadcast, "mask-crc": mask_crc(held if self.broadcast else mask),
             "state-version": self.state_version[partition_id], "state-keep": self.state_keep[partition_id],
             **self.instructions(partition_id, server_round),
         })
-        message = Message(RecordDict({"model": arrays, "config": config}), self.setup.node_of[partition_id],
-                          message_type)
+        content = {"model": arrays, "config": config, **self.relays(partition_id, message_type, server_round)}
+        message = Message(RecordDict(content), self.setup.node_of[partition_id], message_type)
         self._pending.append((message, Sent(partition_id, held if self.broadcast else mask, held)))
         return message
+
+    def downlink_model(self, partition_id: int, message_type: str, mask: Mask, held: Mask) -> ArrayRecord:
+        """The "model" record: the client's subnetwork against the mask it holds (broadcast: the dense model)."""
+        comm = self.setup.comm
+        if self.broadcast:
+            return pack_state(self.global_state, skip=self.personal, values=comm.values)
+        return pack_state(self.personal_state(partition_id, mask), mask, held, self.personal, comm.codec, comm.values)
+
+    def relays(self, partition_id: int, message_type: str, server_round: int) -> dict[str, ArrayRecord]:
+        """Other clients' models relayed to this one (RELAY_PREFIX + their partition id; DisPFL's neighbours)."""
+        return {}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                         ) -> Iterable[Message]:

@@ -31,7 +31,7 @@ from fedlottery.runtime.shared_evaluation import evaluate_shared
 from fedlottery.sparsity import Mask
 from fedlottery.training import evaluate, evaluate_many, train, warm_up
 from strategies import get_strategy, options_for
-from strategies.base import ClientData, ClientTask, ClientUpdate, FederatedStrategy, mask_crc
+from strategies.base import RELAY_PREFIX, ClientData, ClientTask, ClientUpdate, FederatedStrategy, mask_crc
 
 app = ClientApp()
 STATE_KEY = "fedlottery"
@@ -139,7 +139,8 @@ def _restore(message: Message, received: _Received) -> _Restored:
     and load the model: what was sent, masked, plus the personal tensors (and personal entries) it kept."""
     r = received
     held_state = r.store.load(r.name, r.pid, int(r.conf["state-version"]))
-    held = held_state.mask or Mask.ones({n: r.theta0[n].shape for n in r.prunable})
+    held = held_state.mask or r.strategy.initial_mask(r.options, r.cfg.seed, r.pid, r.theta0, list(r.prunable)) \
+        or Mask.ones({n: r.theta0[n].shape for n in r.prunable})
     state, sent = unpack_state(message.content["model"], r.theta0, held, set(r.prunable))
     # broadcast: the same dense model for everyone, and this client applies its own mask
     mask = held if bool(r.conf["broadcast"]) or sent is None else sent
@@ -160,13 +161,13 @@ def _restore(message: Message, received: _Received) -> _Restored:
 
 def _train(message: Message, received: _Received, restored: _Restored) -> Message:
     """Run the strategy's client half on this round's task, save the client's new state, encode the reply."""
-    task = _task(received, restored)
+    task = _task(message, received, restored)
     update = received.strategy.client_train(task)
     _save_state(received, restored.held, task, update)
     return _encode_reply(message, received, restored.mask, update)
 
 
-def _task(received: _Received, restored: _Restored) -> ClientTask:
+def _task(message: Message, received: _Received, restored: _Restored) -> ClientTask:
     """The round's task. Its generator is seeded by (seed, round, partition) alone, never by the strategy's name:
     the same client draws the same batches under every strategy (fedlottery.schedule)."""
     r = received
@@ -174,7 +175,8 @@ def _task(received: _Received, restored: _Restored) -> ClientTask:
     instructions = {k: v for k, v in r.conf.items() if k not in DOWNLINK_KEYS}
     device = device_for(r.cfg)
     return ClientTask(restored.model, restored.mask, {k: v.to(device) for k, v in r.theta0.items()}, restored.data,
-                      r.cfg.local, r.options, generator, r.server_round, dict(restored.held.memory), instructions)
+                      r.cfg.local, r.options, generator, r.server_round, dict(restored.held.memory), instructions,
+                      _relayed(message.content, r.theta0, r.prunable), dict(restored.held.trained))
 
 
 def _save_state(received: _Received, held: ClientState, task: ClientTask, update: ClientUpdate) -> None:
@@ -185,7 +187,7 @@ def _save_state(received: _Received, held: ClientState, task: ClientTask, update
                             dict(held.personal), dict(held.trained))
     if update.send_state and r.personal:
         new_state.personal = {k: update.state[k] for k in r.personal}
-    if update.send_state and (r.cfg.evaluation.deployed or r.strategy.personal_entries):
+    if update.send_state and (r.cfg.evaluation.deployed or r.strategy.personal_entries or r.strategy.keeps_trained):
         new_state.trained = dict(update.state)
     r.store.save(r.name, r.pid, r.server_round, new_state)
     r.store.keep_only(r.name, r.pid, {int(r.conf["state-keep"]), int(r.conf["state-version"]), r.server_round})
@@ -210,6 +212,20 @@ def _encode_reply(message: Message, received: _Received, sent: Mask, update: Cli
     if "late" in faults:
         time.sleep(r.cfg.simulation.round_timeout + 1.0)  # past the round's deadline: the server has moved on
     return reply
+
+
+def _relayed(content: RecordDict, theta0: dict[str, torch.Tensor], prunable: list[str]
+             ) -> dict[int, tuple[dict[str, torch.Tensor], Mask]]:
+    """Other clients' sparse models the server relayed (DisPFL's neighbours), each self-contained: its values
+    and its mask, decoded against no reference (this client never held that mask)."""
+    out = {}
+    for key, record in content.array_records.items():
+        if key.startswith(RELAY_PREFIX):
+            state, keep = unpack_state(record, theta0, None, set(prunable))
+            if keep is None:
+                raise CodecError(f"relayed record {key!r} carries no prunable tensor")
+            out[int(key.removeprefix(RELAY_PREFIX))] = (state, keep)
+    return out
 
 
 def _evaluate_restored(message: Message, received: _Received, restored: _Restored) -> Message:

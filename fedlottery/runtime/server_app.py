@@ -193,7 +193,7 @@ def _prepare(grid, cfg: FederatedConfig, out_dir: Path, log, client_state: str, 
                  clients_per_round=cfg.clients_per_round, seed=cfg.seed, local=cfg.local,
                  batchnorm=batchnorm_names(template), comm=cfg.comm,
                  train_sizes={pid: len(split.train) for pid, split in enumerate(splits)},
-                 test_sizes={pid: len(split.test) for pid, split in enumerate(splits)})
+                 test_sizes={pid: len(split.test) for pid, split in enumerate(splits)}, rounds=cfg.rounds)
     progress = Progress(cfg.rounds * len(cfg.strategies), log)
     if checkpoint is not None:
         progress.skip(checkpoint["strategy_index"] * cfg.rounds + checkpoint["round"])
@@ -271,8 +271,8 @@ def _train_round(grid, exp: Experiment, strategy: FederatedStrategy, run: Strate
     pid_of = {id(m): int(m.content["config"]["partition-id"]) for m in messages}
     for msg in messages:
         if counted:
-            meter.add(rnd, pid_of[id(msg)], "down", content_bytes(msg.content),
-                      values_bytes(msg.content["model"], prunable))
+            meter.add(rnd, pid_of[id(msg)], "down", content_bytes(msg.content),  # relayed models count too
+                      sum(values_bytes(record, prunable) for record in msg.content.array_records.values()))
     meter.add_broadcast(rnd, broadcast_bytes(messages) if counted else 0)
     replies = _send(grid, messages, exp.cfg.simulation.round_timeout, rnd, "training")
     sent_ids = {m.metadata.message_id: pid_of[id(m)] for m in messages}

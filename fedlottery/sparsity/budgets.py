@@ -83,3 +83,16 @@ def top_magnitude_mask(
         flat[candidates[order[: min(count, candidates.numel())]]] = True
         tensors[name] = flat.reshape(weights[name].shape)
     return Mask(tensors)
+
+
+def layer_counts(shapes: Mapping[str, torch.Size | tuple[int, ...]], density: float, distribution: str
+                 ) -> dict[str, int]:
+    """Kept counts per layer summing to round(density * N): `uniform` (every layer at the density) or `erk`
+    (Erdos-Renyi-Kernel: a layer's density proportional to sum(shape) / prod(shape), so small layers stay
+    denser; layers that would pass 1 are capped at full and the rest rescaled, as `rescale_counts` does)."""
+    sizes = {n: math.prod(s) for n, s in shapes.items()}
+    if distribution == "uniform":
+        return rescale_counts({n: density for n in sizes}, sizes, density)
+    if distribution == "erk":
+        return rescale_counts({n: sum(shapes[n]) / sizes[n] for n in sizes}, sizes, density)
+    raise ValueError(f"unknown layer distribution {distribution!r}; use 'erk' or 'uniform'")

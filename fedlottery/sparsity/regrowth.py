@@ -10,7 +10,7 @@ from typing import Mapping
 
 import torch
 
-from fedlottery.sparsity.budgets import largest_remainder
+from fedlottery.sparsity.budgets import largest_remainder, top_magnitude_mask
 from fedlottery.sparsity.mask import Mask
 from fedlottery.sparsity.pruning import magnitude_prune
 
@@ -52,3 +52,18 @@ def prune_and_regrow(
         chosen = free[torch.randperm(free.numel(), generator=generator)[:count]]
         out[name].view(-1)[chosen] = True
     return out
+
+
+def drop_and_regrow(mask: Mask, weights: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor],
+                    rate: float) -> Mask:
+    """RigL-style step: each layer drops round(rate * kept) smallest-|w| kept entries and regrows exactly as
+    many at the positions the dropped mask leaves free with the largest |score| (a gradient: RigL, FedDST,
+    FedSpa, DisPFL; random scores: random regrowth). Just-dropped positions may come back, as in those codes,
+    so each layer's count, and the density, is unchanged."""
+    if rate <= 0:
+        return mask.copy()
+    dropped = magnitude_prune(mask, weights, rate)
+    removed = {n: int(mask[n].sum()) - int(dropped[n].sum()) for n in mask}
+    free = Mask({n: ~dropped[n] for n in mask})
+    grown = top_magnitude_mask(scores, removed, within=free)
+    return Mask({n: dropped[n] | grown[n] for n in mask})
