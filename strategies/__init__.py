@@ -15,9 +15,13 @@ from importlib import metadata
 from strategies.base import ClientTask, ClientUpdate, FederatedStrategy, NoOptions, ServerSetup
 from strategies.cell import CELLStrategy
 from strategies.fedavg import FedAvgStrategy
+from strategies.ditto import DittoStrategy
+from strategies.fedbabu import FedBABUStrategy
 from strategies.fedbn import FedBNStrategy
 from strategies.fedltn import FedLTNStrategy
+from strategies.fedper import FedPerStrategy
 from strategies.fedpm import FedPMStrategy
+from strategies.fedrep import FedRepStrategy
 from strategies.fedselect import FedSelectStrategy
 from strategies.flash import FlashJMWSTStrategy, FlashSPDSTStrategy, HeteroFlashStrategy
 from strategies.flower import flower_strategy, is_flower_name
@@ -29,6 +33,7 @@ ENTRY_POINT_GROUP = "fedlottery.strategies"
 _BUILTIN: dict[str, type[FederatedStrategy]] = {cls.name: cls for cls in (
     FedAvgStrategy, LotteryFLStrategy, FedLTNStrategy, FlashSPDSTStrategy, FlashJMWSTStrategy,
     HeteroFlashStrategy, CELLStrategy, FedBNStrategy, LocalStrategy, FedPMStrategy, FedSelectStrategy,
+    FedPerStrategy, FedRepStrategy, FedBABUStrategy, DittoStrategy,
 )}
 _registered: dict[str, type[FederatedStrategy]] = {}
 

@@ -2,7 +2,7 @@
 
 A client learns the experiment once (a setup query, which also says where client state lives) and keeps
 only that in its Context. Its own state between rounds (held mask, memory, personal tensors, last trained
-weights) lives in a versioned client-state store (fedlottery.runs.client_state): the message names the version
+weights, a strategy's kept tensors) lives in a versioned client-state store (fedlottery.runs.client_state): the message names the version
 to start from, and training saves a new one. Data, partitions and theta_0 are rebuilt from the config and
 cached per process (Ray actors live long).
 """
@@ -18,10 +18,10 @@ from flwr.clientapp import ClientApp
 
 from fedlottery.runtime import stock_client
 from fedlottery.runtime.client_cache import (
-    client_data, device_for, experiment, initial_state, partitions, shared_test_set,
+    client_data, device_for, experiment, initial_state, model_head, partitions, shared_test_set,
 )
 from fedlottery.runs.client_state import ClientState, ClientStateError, ClientStateStore, ContextStore, DirectoryStore
-from fedlottery.comm import CodecError, pack_state, unpack_state
+from fedlottery.comm import CodecError, complete_mask, pack_state, unpack_state
 from fedlottery.config import FederatedConfig
 from fedlottery.runtime.faults import EVAL_FAULTS, TRAIN_FAULTS, InjectedFault, faults_of
 from fedlottery.models import build_model
@@ -86,12 +86,14 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
     strategy = get_strategy(name)
     theta0, prunable, batchnorm = initial_state(config_json)
     options = options_for(cfg, name)
-    personal = strategy.personal_tensors(options, list(theta0), prunable, batchnorm)
+    head = model_head(config_json) if strategy.keeps_head else []
+    personal = strategy.personal_set(options, list(theta0), prunable, batchnorm, head)
     store = state_store(context)
     version = int(conf["state-version"])
     held_state = store.load(name, pid, version)
     held = held_state.mask or Mask.ones({n: theta0[n].shape for n in prunable})
     state, sent = unpack_state(message.content["model"], theta0, held, set(prunable))
+    sent = complete_mask(sent, held)  # a personal prunable tensor (FedPer's head) keeps the mask it holds
     # broadcast: the same dense model for everyone, and this client applies its own mask
     mask = held if bool(conf["broadcast"]) or sent is None else sent
     if mask_crc(mask) != int(conf["mask-crc"]):
@@ -104,13 +106,16 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
     device = device_for(cfg)
     dataset, _ = partitions(config_json)
     model = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, cfg.model.init)
-    model.load_state_dict({**theta0, **state, **personal_state})
+    received = {**theta0, **state, **personal_state}
+    evaluated = received if training else strategy.evaluation_state(options, received, held_state.kept)
+    model.load_state_dict(evaluated)
     model.to(device)
     data = client_data(config_json, pid, device)
     if not training:
         tune_seed = zlib.crc32(f"{cfg.seed}/{server_round}/{pid}/{name}/finetune".encode())
         shared = None
-        test_set = shared_test_set(config_json, device) if not personal and mask.density() == 1.0 else None
+        common = not personal and mask.density() == 1.0 and evaluated is received  # not a client's own model
+        test_set = shared_test_set(config_json, device) if common else None
         if test_set is not None:  # a dense model without personal tensors: maybe the one every client has
             shared = (config_json, test_set, partitions(config_json)[1][pid].test)
         tune_mask = None if strategy.personal_entries else mask  # personal entries are weights, not zeros
@@ -119,10 +124,12 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
     generator = torch.Generator().manual_seed(zlib.crc32(f"{cfg.seed}/{server_round}/{pid}/{name}".encode()))
     instructions = {k: v for k, v in conf.items() if k not in DOWNLINK_KEYS}
     task = ClientTask(model, mask, {k: v.to(device) for k, v in theta0.items()}, data, cfg.local, options,
-                      generator, server_round, dict(held_state.memory), instructions)
+                      generator, server_round, dict(held_state.memory), instructions,
+                      {k: v.to(device) for k, v in held_state.kept.items()})
     update = strategy.client_train(task)
     new_state = ClientState(None if update.mask.density() == 1.0 else update.mask, task.memory,
-                            dict(held_state.personal), dict(held_state.trained))
+                            dict(held_state.personal), dict(held_state.trained),
+                            dict(held_state.kept if update.keep is None else update.keep))
     if update.send_state and personal:
         new_state.personal = {k: update.state[k] for k in personal}
     if update.send_state and (cfg.evaluation.deployed or strategy.personal_entries):
