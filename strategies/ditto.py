@@ -1,7 +1,8 @@
 """Ditto (Li et al., ICML 2021, arXiv 2012.04221): FedAvg for the global model, plus a personal model per client.
 
-Client, each round it is sampled: (1) FedAvg's local update of the received global model w^t, with the same
-batches: that trained w is what goes up, bit for bit FedAvg's upload; (2) its personal model v_k, trained
+Client, each round it is sampled: (1) FedAvg's local update of the received global model w^t, with fedavg's
+batches for that (seed, round, client) ("train-seed"): that trained w is what goes up, bit for bit fedavg's upload
+in the same run, so Ditto's global model is fedavg's; (2) its personal model v_k, trained
 `personal_epochs` epochs (default local.epochs) on f_k(v) + lam/2·||v − w^t||², anchored at the w^t it received
 (not the w it just trained). v_k lives only in the client's state (`ClientUpdate.keep`), never on the wire, and
 is what the client evaluates (`evaluation_state`): the personalised accuracy column. The paper leaves v_k's start
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +48,16 @@ class DittoStrategy(FedAvgStrategy):
     name = "ditto"
     options_cls = DittoOptions
 
+    def instructions(self, partition_id: int, server_round: int) -> dict[str, Any]:
+        """fedavg's batch stream for this (seed, round, client): w's local update is then bit for bit the one
+        `fedavg` makes in the same run (as for Flower's baselines, strategies.flower)."""
+        return {"train-seed": zlib.crc32(f"{self.setup.seed}/{server_round}/{partition_id}/fedavg".encode())}
+
     @classmethod
     def client_train(cls, task: ClientTask) -> ClientUpdate:
+        seed = task.instructions.get("train-seed")
+        if seed is not None:
+            task.generator = torch.Generator().manual_seed(int(seed))
         received = clone_state(task.model)  # w^t
         personal = copy.deepcopy(task.model)
         personal.load_state_dict(task.kept or received)
