@@ -35,6 +35,14 @@ def test_ditto_personal_model_is_pulled_towards_the_received_global_model_by_lam
     assert gaps[10.0] < 0.2 * gaps[0.0] and gaps[10.0] < gaps[1.0] < gaps[0.0]  # large λ: v ≈ w^t
 
 
+def test_ditto_pulls_towards_the_global_model_received_not_towards_where_v_started(make_task):
+    received = clone_state(make_task(None).model)
+    torch.manual_seed(7)
+    own = clone_state(build_model("mlp_digits", (1, 8, 8), 10))  # a v_k kept from an earlier round, far from w^t
+    v = DittoStrategy.client_train(make_task(DittoOptions(lam=10.0), kept=own)).keep
+    assert _distance(v, received) < 0.2 * _distance(own, received) and _distance(v, received) < _distance(v, own)
+
+
 def test_ditto_with_lambda_zero_is_plain_local_training_from_its_own_model(make_task):
     torch.manual_seed(7)
     own = clone_state(build_model("mlp_digits", (1, 8, 8), 10))  # a v_k kept from an earlier round
