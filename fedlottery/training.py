@@ -10,7 +10,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -37,14 +37,17 @@ class TrainResult:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainingConfig, lr: float | None = None) -> torch.optim.Optimizer:
-    """Adam or SGD; the fused kernels (one pass over all tensors, ~20% faster steps on CPU) when available."""
+    """Adam or SGD over the trainable parameters; the fused kernels (one pass over all tensors, ~20% faster
+    steps on CPU) when available."""
     lr = cfg.lr if lr is None else lr
     fused = all(p.dtype.is_floating_point for p in model.parameters())
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen ones: not even weight decay moves them
+    if not params:
+        raise ValueError(f"every parameter of {type(model).__name__} is frozen (requires_grad=False): nothing "
+                         "to train; unfreeze some, or skip training")
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, fused=fused)
-    return torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused
-    )
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
 
 
 # Evaluation. `evaluate` / `evaluate_many` are the fast paths: inference mode, a cache-sized default batch and
@@ -225,12 +228,135 @@ def warm_up() -> float:
     return time.perf_counter() - start
 
 
-def _proximal_anchors(model: nn.Module, reference: dict[str, torch.Tensor] | None
-                      ) -> list[tuple[nn.Parameter, torch.Tensor]]:
-    """(parameter, fixed reference copy) for every trainable parameter: FedProx's w_ref."""
+LossTerm = Callable[[nn.Module], torch.Tensor]
+
+
+def proximal_term(model: nn.Module, reference: dict[str, torch.Tensor] | None = None, mu: float = 0.0) -> LossTerm:
+    """The loss term (mu/2)·||w − w_ref||² over `model`'s trainable parameters, for `train(extra_loss=...)`.
+
+    FedProx adds it with w_ref = the weights received (`reference=None`: the parameters as they are now, copied
+    now, so call this before training); Ditto adds it to the personal model with w_ref = the global model.
+    `reference` maps parameter names to tensors; a trainable parameter it lacks is anchored at its current
+    value. The copies are taken here, so later changes to `reference` or `model` do not move the anchor.
+    """
     reference = reference or {}
-    return [(p, (reference[name] if name in reference else p).detach().to(p.device, p.dtype).clone())
-            for name, p in model.named_parameters() if p.requires_grad]
+    anchors = [(p, (reference[name] if name in reference else p).detach().to(p.device, p.dtype).clone())
+               for name, p in model.named_parameters() if p.requires_grad]
+
+    def term(_: nn.Module) -> torch.Tensor:
+        return (mu / 2) * sum((p - ref).pow(2).sum() for p, ref in anchors)
+
+    return term
+
+
+@contextmanager
+def frozen(model: nn.Module, names: Iterable[str]):
+    """Parameters `names` of `model` take no gradient (so no optimizer step, weight decay or momentum moves
+    them) for the duration; every parameter's own requires_grad flag is restored afterwards. FedRep trains the
+    head with the body frozen and then the body with the head frozen; FedBABU never trains its head."""
+    params = dict(model.named_parameters())
+    unknown = sorted(set(names) - set(params))
+    if unknown:
+        raise KeyError(f"cannot freeze {', '.join(unknown)}: {type(model).__name__} has no such parameters")
+    chosen = [params[n] for n in names]
+    flags = [p.requires_grad for p in chosen]
+    try:
+        for p in chosen:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(chosen, flags):
+            p.requires_grad_(flag)
+
+
+@dataclass
+class _Loop:
+    """What one `train` call steps with (built once by `_start`), and where it stands."""
+
+    model: nn.Module
+    cfg: TrainingConfig
+    total: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    masked: MaskedParameters | None
+    extra_loss: LossTerm | None
+    result: TrainResult
+    step: int = 0
+    best_state: dict | None = None
+
+
+def _start(model: nn.Module, n: int, cfg: TrainingConfig, mask: Mask | None, lr: float | None,
+           iterations: int | None, epochs: int | None, extra_loss: LossTerm | None) -> _Loop:
+    """The optimizer, the optional cosine schedule and the mask, for `total` steps (whole epochs or iterations)."""
+    if n == 0:
+        raise ValueError("cannot train on an empty data set")
+    total = epochs * math.ceil(n / cfg.batch_size) if epochs is not None else (iterations or cfg.iterations)
+    optimizer = make_optimizer(model, cfg, lr)
+    scheduler = None
+    if cfg.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    masked = MaskedParameters(model, mask) if mask is not None else None
+    return _Loop(model, cfg, total, optimizer, scheduler, masked, extra_loss, TrainResult(iterations=0, wall_s=0.0))
+
+
+def _masked_step(loop: _Loop, xb: torch.Tensor, yb: torch.Tensor) -> None:
+    """One optimizer step on one batch: the loss (plus any extra term), gradients masked, pruned weights kept
+    exactly zero after the step."""
+    loss = F.cross_entropy(loop.model(xb), yb)
+    if loop.extra_loss is not None:
+        loss = loss + loop.extra_loss(loop.model)
+    loop.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if loop.masked is not None:
+        loop.masked.mask_grads()
+    loop.optimizer.step()
+    if loop.masked is not None:
+        loop.masked.apply()
+    if loop.scheduler is not None:
+        loop.scheduler.step()
+    loop.step += 1
+
+
+def _validate(loop: _Loop, val_data: Split, keep_best: bool) -> None:
+    """Record the validation loss; remember the weights at its minimum (for early-stop test accuracy)."""
+    val_loss, val_acc = _evaluate_reference(loop.model, val_data)
+    result = loop.result
+    result.evals.append({"iteration": loop.step, "val_loss": val_loss, "val_acc": val_acc})
+    if result.val_loss_min is None or val_loss < result.val_loss_min:
+        result.val_loss_min, result.early_stop_iteration = val_loss, loop.step
+        if keep_best:
+            loop.best_state = copy.deepcopy(loop.model.state_dict())
+
+
+def _one_epoch(loop: _Loop, train_data: Split, generator: torch.Generator, val_data: Split | None,
+               test_data: Split | None, on_iteration: Callable[[int, nn.Module], None] | None) -> None:
+    """One pass over a fresh seeded permutation of the data (or fewer steps, if `total` comes first)."""
+    x, y = train_data
+    n, batch = len(y), loop.cfg.batch_size
+    order = torch.randperm(n, generator=generator).to(x.device)
+    for start in range(0, n, batch):
+        idx = order[start : start + batch]
+        _masked_step(loop, x[idx], y[idx])
+        if on_iteration is not None:
+            on_iteration(loop.step, loop.model)
+        if val_data is not None and (loop.step % loop.cfg.eval_every == 0 or loop.step == loop.total):
+            _validate(loop, val_data, keep_best=test_data is not None)
+        if loop.step >= loop.total:
+            return
+
+
+def _test_accuracies(loop: _Loop, test_data: Split) -> None:
+    """Test accuracy of the final weights, and of the weights at the validation minimum (restored after)."""
+    model, result = loop.model, loop.result
+    result.test_acc_final = _evaluate_reference(model, test_data)[1]
+    if loop.best_state is None:
+        result.test_acc_early_stop = result.test_acc_final
+        result.early_stop_iteration = loop.step
+        return
+    final_state = copy.deepcopy(model.state_dict())
+    model.load_state_dict(loop.best_state)
+    result.test_acc_early_stop = _evaluate_reference(model, test_data)[1]
+    model.load_state_dict(final_state)
 
 
 def train(
@@ -247,8 +373,7 @@ def train(
     epochs: int | None = None,
     on_iteration: Callable[[int, nn.Module], None] | None = None,
     on_epoch: Callable[[int, nn.Module], bool] | None = None,
-    proximal_mu: float | None = None,
-    reference: dict[str, torch.Tensor] | None = None,
+    extra_loss: LossTerm | None = None,
 ) -> TrainResult:
     """Train `model` in place for `iterations` steps (default cfg.iterations) or whole `epochs`.
 
@@ -256,70 +381,22 @@ def train(
     cfg.eval_every steps; the weights at the minimum validation loss are kept aside so test accuracy at
     the early-stopping point is measured once, at the end. `on_iteration(step, model)` runs after each
     step (e.g. to snapshot theta_k for late rewinding); `on_epoch(epoch, model)` after each epoch, and
-    returning True ends training there (early-bird). `proximal_mu` > 0 adds FedProx's proximal term
-    (mu/2)·||w − w_ref||² over the trainable parameters to every step's loss, with w_ref the `reference`
-    tensors by parameter name (default: the parameters as training starts, i.e. the weights received);
-    None or 0 leaves the loop exactly as without it.
+    returning True ends training there (early-bird). `extra_loss(model)` is added to every batch's loss
+    (FedProx's and Ditto's pull towards a reference: `proximal_term`); None leaves the loop exactly as
+    without it. Only parameters with requires_grad are optimised (see `frozen`).
     """
-    x, y = train_data
-    n = len(y)
-    if n == 0:
-        raise ValueError("cannot train on an empty data set")
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total = epochs * steps_per_epoch if epochs is not None else (iterations or cfg.iterations)
-    optimizer = make_optimizer(model, cfg, lr)
-    scheduler = None
-    if cfg.lr_schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    masked = MaskedParameters(model, mask) if mask is not None else None
-    anchors = _proximal_anchors(model, reference) if proximal_mu else None
-    result = TrainResult(iterations=0, wall_s=0.0)
-    best_state: dict | None = None
+    loop = _start(model, len(train_data[1]), cfg, mask, lr, iterations, epochs, extra_loss)
     start_time = time.perf_counter()
     model.train()
-    step, epoch = 0, 0
-    while step < total:
-        order = torch.randperm(n, generator=generator).to(x.device)
-        for start in range(0, n, cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            if anchors is not None:
-                loss = loss + (proximal_mu / 2) * sum((p - ref).pow(2).sum() for p, ref in anchors)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if masked is not None:
-                masked.mask_grads()
-            optimizer.step()
-            if masked is not None:
-                masked.apply()
-            if scheduler is not None:
-                scheduler.step()
-            step += 1
-            if on_iteration is not None:
-                on_iteration(step, model)
-            if val_data is not None and (step % cfg.eval_every == 0 or step == total):
-                val_loss, val_acc = _evaluate_reference(model, val_data)
-                result.evals.append({"iteration": step, "val_loss": val_loss, "val_acc": val_acc})
-                if result.val_loss_min is None or val_loss < result.val_loss_min:
-                    result.val_loss_min, result.early_stop_iteration = val_loss, step
-                    if test_data is not None:
-                        best_state = copy.deepcopy(model.state_dict())
-            if step >= total:
-                break
+    epoch = 0
+    while loop.step < loop.total:
+        _one_epoch(loop, train_data, generator, val_data, test_data, on_iteration)
         epoch += 1
-        if on_epoch is not None and step < total and on_epoch(epoch, model):
-            result.stopped_early_by_callback = True
+        if on_epoch is not None and loop.step < loop.total and on_epoch(epoch, model):
+            loop.result.stopped_early_by_callback = True
             break
-    result.iterations = step
+    loop.result.iterations = loop.step
     if test_data is not None:
-        result.test_acc_final = _evaluate_reference(model, test_data)[1]
-        if best_state is not None:
-            final_state = copy.deepcopy(model.state_dict())
-            model.load_state_dict(best_state)
-            result.test_acc_early_stop = _evaluate_reference(model, test_data)[1]
-            model.load_state_dict(final_state)
-        else:
-            result.test_acc_early_stop = result.test_acc_final
-            result.early_stop_iteration = step
-    result.wall_s = time.perf_counter() - start_time
-    return result
+        _test_accuracies(loop, test_data)
+    loop.result.wall_s = time.perf_counter() - start_time
+    return loop.result

@@ -16,10 +16,14 @@ from strategies.base import ClientTask, ClientUpdate, FederatedStrategy, NoOptio
 from strategies.cell import CELLStrategy
 from strategies.dispfl import DisPFLStrategy
 from strategies.fedavg import FedAvgStrategy
+from strategies.ditto import DittoStrategy
+from strategies.fedbabu import FedBABUStrategy
 from strategies.fedbn import FedBNStrategy
 from strategies.feddst import FedDSTStrategy
 from strategies.fedltn import FedLTNStrategy
+from strategies.fedper import FedPerStrategy
 from strategies.fedpm import FedPMStrategy
+from strategies.fedrep import FedRepStrategy
 from strategies.fedselect import FedSelectStrategy
 from strategies.fedspa import FedSpaStrategy
 from strategies.flash import FlashJMWSTStrategy, FlashSPDSTStrategy, HeteroFlashStrategy
@@ -33,6 +37,7 @@ _BUILTIN: dict[str, type[FederatedStrategy]] = {cls.name: cls for cls in (
     FedAvgStrategy, LotteryFLStrategy, FedLTNStrategy, FlashSPDSTStrategy, FlashJMWSTStrategy,
     HeteroFlashStrategy, CELLStrategy, FedBNStrategy, LocalStrategy, FedPMStrategy, FedSelectStrategy,
     FedDSTStrategy, FedSpaStrategy, DisPFLStrategy,
+    FedPerStrategy, FedRepStrategy, FedBABUStrategy, DittoStrategy,
 )}
 _registered: dict[str, type[FederatedStrategy]] = {}
 

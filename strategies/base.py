@@ -24,7 +24,7 @@ from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from fedlottery.aggregation import ClientWeights
-from fedlottery.comm import CodecError, pack_state, unpack_state
+from fedlottery.comm import CodecError, complete_mask, pack_state, unpack_state
 from fedlottery.config import CommConfig, LocalTrainingConfig
 from fedlottery.plain_state import from_plain, to_plain
 from fedlottery.schedule import scheduled_clients
@@ -80,6 +80,7 @@ class ClientTask:
     # Other clients' sparse models the server relayed (records named RELAY_PREFIX + partition id): (state, mask)
     relayed: dict[int, tuple[dict[str, torch.Tensor], Mask]] = field(default_factory=dict)
     trained: dict[str, torch.Tensor] = field(default_factory=dict)  # this client's last trained weights, if kept
+    kept: dict[str, torch.Tensor] = field(default_factory=dict)  # what its last `ClientUpdate.keep` stored
 
 
 @dataclass
@@ -94,6 +95,9 @@ class ClientUpdate:
     # What goes up instead of `state`, which stays the model the client keeps (personal tensors, `deployed`):
     # FedPM uploads one sampled mask (bool tensors travel as masks alone) but deploys theta_0 under its mask.
     upload: dict[str, torch.Tensor] | None = None
+    # Tensors the client stores for itself beside the model, never sent (Ditto's personal model v_k): they come
+    # back as `ClientTask.kept` when it next trains and reach `evaluation_state`. None: keep what it held.
+    keep: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -111,6 +115,7 @@ class ServerSetup:
     train_sizes: dict[int, int] = field(default_factory=dict)  # partition id -> training images (reply checks)
     test_sizes: dict[int, int] = field(default_factory=dict)  # partition id -> local test images
     rounds: int = 0  # the run's total rounds (annealing schedules); 0: unknown (a strategy needing it says so)
+    head: list[str] = field(default_factory=list)  # the model's head tensors (fedlottery.models.head_names)
 
 
 @dataclass
@@ -161,10 +166,16 @@ class FederatedStrategy(Strategy):
     makes each client keep its last trained weights and get them back as `ClientTask.trained` (DisPFL averages
     its own model with its neighbours'); `initial_mask` is a mask both halves derive from the seed, so nothing
     is sent for it (FedSpa's and DisPFL's per-client random masks, FedDST's pruned initialisation).
+    `keeps_head = True`
+    makes the model's head personal (FedPer, FedRep, FedBABU); `ClientUpdate.keep` stores tensors beside the
+    model on the client and `evaluation_state` picks what a client evaluates as its personalised model (Ditto).
     """
 
     name: ClassVar[str] = ""
     options_cls: ClassVar[type] = NoOptions
+    # True: the model's head (fedlottery.models.head_names) is personal too, besides `personal_tensors`
+    # (FedPer, FedRep, FedBABU); both halves learn the head from the model, see `personal_set`.
+    keeps_head: ClassVar[bool] = False
     # What a checkpoint saves (the server state that changes between rounds); a subclass with state of its own
     # adds its attributes. Everything else is rebuilt from the set-up and options (`rebuilt_fields`). (No RNG:
     # the schedule is a pure function of seed and round, fedlottery.schedule; older checkpoints' "rng" is ignored.)
@@ -208,6 +219,27 @@ class FederatedStrategy(Strategy):
         """The mask a fresh client starts with, derived alike on both sides (None: the dense mask)."""
         return None
 
+    @classmethod
+    def personal_set(cls, options: Any, names: list[str], prunable: list[str], batchnorm: list[str],
+                     head: list[str]) -> frozenset[str]:
+        """Every tensor that stays on the client: `personal_tensors`, plus the head when `keeps_head`. Both
+        halves ask this one, so they always agree on what travels."""
+        personal = cls.personal_tensors(options, names, prunable, batchnorm)
+        if not cls.keeps_head:
+            return personal
+        if not head:
+            raise ValueError(f"strategy {cls.name!r} keeps the model's head on each client, but no head was named: "
+                             "give ServerSetup.head = fedlottery.models.head_names(model)")
+        return personal | frozenset(head)
+
+    @classmethod
+    def evaluation_state(cls, options: Any, received: dict[str, torch.Tensor], kept: dict[str, torch.Tensor]
+                         ) -> dict[str, torch.Tensor]:
+        """The weights a client evaluates as its personalised model ("test-acc", and the start of the fine-tuned
+        copy): by default `received`, what it was sent with its personal tensors in; `kept` is what its last
+        `ClientUpdate.keep` stored (Ditto evaluates its personal model from there)."""
+        return received
+
     # ---- server half ------------------------------------------------------------------------------------
     def __init__(self, setup: ServerSetup, options: Any = None):
         self.setup = setup
@@ -224,7 +256,8 @@ class FederatedStrategy(Strategy):
         # which one the last checkpoint holds (clients never delete that one).
         self.state_version: dict[int, int] = {pid: 0 for pid in setup.node_of}
         self.state_keep: dict[int, int] = {pid: 0 for pid in setup.node_of}
-        self.personal = self.personal_tensors(self.options, list(setup.theta0), list(setup.prunable), setup.batchnorm)
+        self.personal = self.personal_set(self.options, list(setup.theta0), list(setup.prunable), setup.batchnorm,
+                                          list(setup.head))
         self.failures: list[str] = []  # every failure of the run, one line each
         self.round_failures: list[Failure] = []  # this round's (and phase's), for the run's log
         self._pending: list[tuple[Message, Sent]] = []  # this round's messages and what each carried
@@ -358,6 +391,7 @@ class FederatedStrategy(Strategy):
         except CodecError as err:
             raise ReplyRejected(str(err)) from None
         check_finite(state, self.max_abs_value)
+        uploaded = complete_mask(uploaded, sent.mask)  # personal prunable tensors (a head) keep the mask sent
         mask = uploaded if uploaded is not None else sent.mask
         check_mask(mask, sent.mask, self.regrows, self.min_density(pid, sent.mask))
         state = {**{k: self.global_state[k] for k in self.personal}, **state}

@@ -56,7 +56,7 @@ from flwr.serverapp import strategy as flower_strategies
 
 from fedlottery.config import ConfigError
 from fedlottery.models import clone_state
-from fedlottery.training import evaluate, train
+from fedlottery.training import evaluate, proximal_term, train
 from fedlottery.plain_state import from_plain, to_plain
 from fedlottery.schedule import client_seed
 from strategies.base import ClientTask, ClientUpdate, FederatedStrategy, Reply
@@ -200,9 +200,8 @@ class FlowerStrategy(FederatedStrategy):
         seed = task.instructions.get("train-seed")
         generator = torch.Generator().manual_seed(int(seed)) if seed is not None else task.generator
         train_loss = evaluate(task.model, task.data.train)[0]  # F_k(w^t): q-FedAvg weighs clients by it
-        proximal = {"proximal_mu": mu} if mu else {}
         train(task.model, task.data.train, task.local.as_training(), generator, epochs=task.local.epochs,
-              lr=float(lr) if lr is not None else None, **proximal)
+              lr=float(lr) if lr is not None else None, extra_loss=proximal_term(task.model, mu=mu) if mu else None)
         return ClientUpdate(clone_state(task.model), task.mask, len(task.data.train[1]),
                             {"train_loss": float(train_loss)})
 

@@ -6,7 +6,7 @@ torch.set_num_threads(1)
 import pytest  # noqa: E402
 
 from fedlottery.config import LocalTrainingConfig  # noqa: E402
-from fedlottery.models import batchnorm_names, build_model, clone_state, prunable_names  # noqa: E402
+from fedlottery.models import batchnorm_names, build_model, clone_state, head_names, prunable_names  # noqa: E402
 from fedlottery.sparsity import Mask  # noqa: E402
 from strategies.base import ClientData, ClientTask, ServerSetup  # noqa: E402
 
@@ -47,7 +47,8 @@ def make_setup():
         model = build_model(model_name, (1, 8, 8), 10)
         return ServerSetup(clone_state(model), prunable_names(model), {p: 100 + p for p in range(clients)},
                            per_round, seed, LocalTrainingConfig(), batchnorm_names(model),
-                           train_sizes={p: 100 for p in range(clients)}, test_sizes={p: 50 for p in range(clients)})
+                           train_sizes={p: 100 for p in range(clients)}, test_sizes={p: 50 for p in range(clients)},
+                           head=head_names(model))
 
     return make
 

@@ -21,7 +21,7 @@ from fedlottery.runs.client_state import DirectoryStore
 from fedlottery.comm import encode_tensor, pack_state
 from fedlottery.config import FederatedConfig, from_dict, to_dict
 from fedlottery.data import load_dataset, make_partitions
-from fedlottery.models import batchnorm_names, build_model, clone_state, prunable_names
+from fedlottery.models import batchnorm_names, build_model, clone_state, head_names, prunable_names
 from fedlottery.training import evaluate
 from strategies import get_strategy, options_for
 from strategies.base import Reply, ServerSetup
@@ -30,7 +30,7 @@ from strategies.local import LocalStrategy
 
 # The ClientApp / ServerApp changes these strategies need (see each strategy's module): until they are in,
 # the tests that go through them are skipped, and the rest still run.
-CLIENT_APP_READY = ("personal_tensors" in inspect.getsource(client_app)
+CLIENT_APP_READY = ("personal_set" in inspect.getsource(client_app)
                     and "update.upload" in inspect.getsource(client_app))
 SERVER_APP_READY = "communicates" in inspect.getsource(server_app._train_round)
 needs_client_app = pytest.mark.skipif(not CLIENT_APP_READY, reason="needs the ClientApp to ask personal_tensors "
@@ -72,7 +72,7 @@ class Federation:
             clone_state(self.template), prunable_names(self.template), {pid: 100 + pid for pid in range(len(splits))},
             cfg.clients_per_round, cfg.seed, cfg.local, batchnorm_names(self.template), cfg.comm,
             train_sizes={pid: len(s.train) for pid, s in enumerate(splits)},
-            test_sizes={pid: len(s.test) for pid, s in enumerate(splits)})
+            test_sizes={pid: len(s.test) for pid, s in enumerate(splits)}, head=head_names(self.template))
         self.strategy = get_strategy(name)(self.setup, options_for(cfg, name))
         self.contexts = {}
         for pid in range(len(splits)):

@@ -25,7 +25,7 @@ from fedlottery.comm import pack_state
 from fedlottery.config import ConfigError, LocalTrainingConfig, to_dict
 from fedlottery.runtime.experiment import experiment_from_dict, load_experiment
 from fedlottery.models import build_model
-from fedlottery.training import train
+from fedlottery.training import proximal_term, train
 from strategies import get_strategy, options_for
 from strategies.fedavg import FedAvgStrategy
 from strategies.flower import FlowerOptions, flower_class_names
@@ -238,17 +238,19 @@ def test_proximal_term_is_additive_in_train():
         torch.manual_seed(0)
         model = build_model("mlp_digits", (1, 8, 8), 10)
         start = {k: v.clone() for k, v in model.state_dict().items()}
+        if "mu" in kwargs:  # the proximal term as a loss term, anchored at `reference` (default: the start)
+            kwargs = {"extra_loss": proximal_term(model, kwargs.get("reference"), kwargs["mu"])}
         train(model, data, config, torch.Generator().manual_seed(5), epochs=2, **kwargs)
         state = model.state_dict()
         return state, sum(float((state[k] - start[k]).pow(2).sum()) for k in state)
 
     plain, d_plain = run()
-    for same in (run(proximal_mu=None)[0], run(proximal_mu=0.0)[0]):
+    for same in (run(extra_loss=None)[0], run(mu=0.0)[0]):
         assert all(torch.equal(plain[k], same[k]) for k in plain)  # bit-identical without a proximal term
-    prox, d_prox = run(proximal_mu=1.0)
+    prox, d_prox = run(mu=1.0)
     assert d_prox < d_plain  # pulled towards the weights it started from
     zeros = {k: torch.zeros_like(v) for k, v in plain.items()}
-    towards_zero = run(proximal_mu=1.0, reference=zeros)[0]
+    towards_zero = run(mu=1.0, reference=zeros)[0]
     assert sum(float(v.pow(2).sum()) for v in towards_zero.values()) < sum(float(v.pow(2).sum()) for v in prox.values())
 
 

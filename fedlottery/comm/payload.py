@@ -60,3 +60,13 @@ def unpack_state(
         if name in prunable:
             keeps[name] = keep if keep is not None else torch.ones(want.shape, dtype=torch.bool)
     return state, (Mask(keeps) if keeps else None)
+
+
+def complete_mask(carried: Mask | None, held: Mask) -> Mask | None:
+    """The mask `unpack_state` returned (of the prunable tensors that travelled), with every layer that did not
+    travel taken from `held`, the mask this side already holds, in `held`'s order. A personal prunable tensor
+    (FedPer's head weight) never travels, so its mask can only be the one both sides hold. None stays None
+    (nothing travelled); a mask that covers `held` already is returned as it is."""
+    if carried is None or all(name in carried for name in held):
+        return carried
+    return Mask({name: carried[name] if name in carried else held[name] for name in held})

@@ -85,6 +85,30 @@ def output_layer_name(model: nn.Module) -> str:
     return names[-1]
 
 
+def head_names(model: nn.Module) -> list[str]:
+    """The tensors of the model's head, in state-dict order: what personalised FL keeps per client (FedPer,
+    FedRep) or freezes (FedBABU); everything else is the body.
+
+    The head is the last nn.Linear (its weight and bias) unless the model's class declares `head_modules`: the
+    names of the submodules (as in `named_modules`) whose parameters and buffers form the head, e.g.
+    ``("classifier.1", "classifier.3")`` for a two-layer head (FedPer's K_P = 2).
+    """
+    declared = getattr(model, "head_modules", None)
+    modules = dict(model.named_modules())
+    if declared is None:
+        linear = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+        if not linear:
+            raise ValueError(f"{type(model).__name__} has no nn.Linear layer to be its head; declare the head's "
+                             "submodules in a class attribute head_modules")
+        declared = (linear[-1],)
+    unknown = [n for n in declared if not n or n not in modules]  # "" would make the whole model the head
+    if isinstance(declared, str) or unknown or not declared:
+        raise ValueError(f"{type(model).__name__}.head_modules = {declared!r}: expected a non-empty tuple of its "
+                         f"submodule names; unknown: {unknown}; known: {', '.join(n for n in modules if n)}")
+    prefixes = tuple(f"{n}." for n in declared)
+    return [k for k in model.state_dict() if k.startswith(prefixes)]
+
+
 def conv_names(model: nn.Module) -> list[str]:
     """Parameter names of the conv weights (pruned at their own rate in Frankle & Carbin's Conv-2/4/6)."""
     return [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
@@ -113,6 +137,7 @@ __all__ = [
     "initialize",
     "prunable_names",
     "output_layer_name",
+    "head_names",
     "conv_names",
     "batchnorm_names",
     "count_prunable",

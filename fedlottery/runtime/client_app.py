@@ -2,7 +2,7 @@
 
 A client learns the experiment once (a setup query, which also says where client state lives) and keeps
 only that in its Context. Its own state between rounds (held mask, memory, personal tensors, last trained
-weights) lives in a versioned client-state store (fedlottery.runs.client_state): the message names the version
+weights, a strategy's kept tensors) lives in a versioned client-state store (fedlottery.runs.client_state): the message names the version
 to start from, and training saves a new one. Data, partitions and theta_0 are rebuilt from the config and
 cached per process (Ray actors live long).
 """
@@ -19,10 +19,10 @@ from flwr.clientapp import ClientApp
 
 from fedlottery.runtime import stock_client
 from fedlottery.runtime.client_cache import (
-    client_data, device_for, experiment, initial_state, partitions, shared_test_set,
+    client_data, device_for, experiment, initial_state, model_head, partitions, shared_test_set,
 )
 from fedlottery.runs.client_state import ClientState, ClientStateError, ClientStateStore, ContextStore, DirectoryStore
-from fedlottery.comm import CodecError, pack_state, unpack_state
+from fedlottery.comm import CodecError, complete_mask, pack_state, unpack_state
 from fedlottery.config import FederatedConfig
 from fedlottery.runtime.faults import EVAL_FAULTS, TRAIN_FAULTS, InjectedFault, faults_of
 from fedlottery.models import build_model
@@ -100,12 +100,13 @@ class _Restored:
     mask: Mask
     model: torch.nn.Module
     data: ClientData
+    own_model: bool = False  # evaluated on a model of the client's own (Ditto's), not on what it was sent
 
 
 def _handle(message: Message, context: Context, training: bool) -> Message:
     """A fedlottery message: read it, restore this client's model, then train or evaluate."""
     received = _receive(message, context, training)
-    restored = _restore(message, received)
+    restored = _restore(message, received, training)
     if training:
         return _train(message, received, restored)
     return _evaluate_restored(message, received, restored)
@@ -129,12 +130,13 @@ def _receive(message: Message, context: Context, training: bool) -> _Received:
     strategy = get_strategy(name)
     theta0, prunable, batchnorm = initial_state(config_json)
     options = options_for(cfg, name)
-    personal = strategy.personal_tensors(options, list(theta0), prunable, batchnorm)
+    head = model_head(config_json) if strategy.keeps_head else []
+    personal = strategy.personal_set(options, list(theta0), prunable, batchnorm, head)
     return _Received(cfg, config_json, conf, pid, server_round, name, strategy, options, faults, theta0, prunable,
                      personal, state_store(context))
 
 
-def _restore(message: Message, received: _Received) -> _Restored:
+def _restore(message: Message, received: _Received, training: bool) -> _Restored:
     """Decode the downlink against the mask this client holds, refuse a mask the server did not mean (checksum),
     and load the model: what was sent, masked, plus the personal tensors (and personal entries) it kept."""
     r = received
@@ -142,6 +144,7 @@ def _restore(message: Message, received: _Received) -> _Restored:
     held = held_state.mask or r.strategy.initial_mask(r.options, r.cfg.seed, r.pid, r.theta0, list(r.prunable)) \
         or Mask.ones({n: r.theta0[n].shape for n in r.prunable})
     state, sent = unpack_state(message.content["model"], r.theta0, held, set(r.prunable))
+    sent = complete_mask(sent, held)  # a personal prunable tensor (FedPer's head) keeps the mask it holds
     # broadcast: the same dense model for everyone, and this client applies its own mask
     mask = held if bool(r.conf["broadcast"]) or sent is None else sent
     if mask_crc(mask) != int(r.conf["mask-crc"]):
@@ -154,9 +157,13 @@ def _restore(message: Message, received: _Received) -> _Restored:
     device = device_for(r.cfg)
     dataset, _ = partitions(r.config_json)
     model = build_model(r.cfg.model.name, dataset.input_shape, dataset.num_classes, r.cfg.model.init)
-    model.load_state_dict({**r.theta0, **state, **personal_state})
+    received_state = {**r.theta0, **state, **personal_state}
+    evaluated = received_state if training else r.strategy.evaluation_state(r.options, received_state,
+                                                                             held_state.kept)
+    model.load_state_dict(evaluated)
     model.to(device)
-    return _Restored(held_state, mask, model, client_data(r.config_json, r.pid, device))
+    return _Restored(held_state, mask, model, client_data(r.config_json, r.pid, device),
+                     own_model=evaluated is not received_state)
 
 
 def _train(message: Message, received: _Received, restored: _Restored) -> Message:
@@ -176,7 +183,8 @@ def _task(message: Message, received: _Received, restored: _Restored) -> ClientT
     device = device_for(r.cfg)
     return ClientTask(restored.model, restored.mask, {k: v.to(device) for k, v in r.theta0.items()}, restored.data,
                       r.cfg.local, r.options, generator, r.server_round, dict(restored.held.memory), instructions,
-                      _relayed(message.content, r.theta0, r.prunable), dict(restored.held.trained))
+                      _relayed(message.content, r.theta0, r.prunable), dict(restored.held.trained),
+                      {k: v.to(device) for k, v in restored.held.kept.items()})
 
 
 def _save_state(received: _Received, held: ClientState, task: ClientTask, update: ClientUpdate) -> None:
@@ -184,7 +192,8 @@ def _save_state(received: _Received, held: ClientState, task: ClientTask, update
     version, and drop the versions neither the server nor the last checkpoint can still name."""
     r = received
     new_state = ClientState(None if update.mask.density() == 1.0 else update.mask, task.memory,
-                            dict(held.personal), dict(held.trained))
+                            dict(held.personal), dict(held.trained),
+                            dict(held.kept if update.keep is None else update.keep))
     if update.send_state and r.personal:
         new_state.personal = {k: update.state[k] for k in r.personal}
     if update.send_state and (r.cfg.evaluation.deployed or r.strategy.personal_entries or r.strategy.keeps_trained):
@@ -234,7 +243,7 @@ def _evaluate_restored(message: Message, received: _Received, restored: _Restore
     r, mask = received, restored.mask
     tune_seed = client_seed(r.cfg.seed, r.server_round, r.pid, "finetune")
     shared = None
-    dense_and_shared = not r.personal and mask.density() == 1.0
+    dense_and_shared = not r.personal and mask.density() == 1.0 and not restored.own_model
     test_set = shared_test_set(r.config_json, device_for(r.cfg)) if dense_and_shared else None
     if test_set is not None:
         shared = (r.config_json, test_set, partitions(r.config_json)[1][r.pid].test)

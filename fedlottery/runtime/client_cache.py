@@ -14,7 +14,7 @@ import torch
 
 from fedlottery.config import FederatedConfig
 from fedlottery.data import load_dataset, make_partitions
-from fedlottery.models import batchnorm_names, build_model, clone_state, prunable_names
+from fedlottery.models import batchnorm_names, build_model, clone_state, head_names, prunable_names
 from fedlottery.runtime.experiment import experiment_from_dict
 from fedlottery.runtime.shared_evaluation import worth_sharing
 from strategies.base import ClientData
@@ -41,6 +41,14 @@ def initial_state(config_json: str) -> tuple[dict[str, torch.Tensor], list[str],
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, cfg.model.init)
     return clone_state(model), prunable_names(model), batchnorm_names(model)
+
+
+@functools.lru_cache(maxsize=4)
+def model_head(config_json: str) -> list[str]:
+    """The model's head tensors (fedlottery.models.head_names): personal for a `keeps_head` strategy."""
+    cfg = experiment(config_json)
+    dataset, _ = partitions(config_json)
+    return head_names(build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, cfg.model.init))
 
 
 def device_for(cfg: FederatedConfig) -> torch.device:

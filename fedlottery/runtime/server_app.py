@@ -29,7 +29,7 @@ from fedlottery.runtime.experiment import experiment_from_dict, load_experiment,
 from fedlottery.data import describe, load_dataset, make_partitions
 from fedlottery.errors import CheckpointError, WorkersLost
 from fedlottery.plain_state import to_plain
-from fedlottery.models import batchnorm_names, build_model, clone_state, prunable_names
+from fedlottery.models import batchnorm_names, build_model, clone_state, head_names, prunable_names
 from fedlottery.runs.tracking import Tracker
 from fedlottery.schedule import draw_ids
 from fedlottery.runs.results import CsvLog, Progress, partition_table, stderr_log, write_json
@@ -191,7 +191,7 @@ def _prepare(grid, cfg: FederatedConfig, out_dir: Path, log, client_state: str, 
     node_of = discover_clients(grid, cfg, state_dir)
     setup = dict(theta0=clone_state(template), prunable=prunable_names(template), node_of=node_of,
                  clients_per_round=cfg.clients_per_round, seed=cfg.seed, local=cfg.local,
-                 batchnorm=batchnorm_names(template), comm=cfg.comm,
+                 batchnorm=batchnorm_names(template), comm=cfg.comm, head=head_names(template),
                  train_sizes={pid: len(split.train) for pid, split in enumerate(splits)},
                  test_sizes={pid: len(split.test) for pid, split in enumerate(splits)}, rounds=cfg.rounds)
     progress = Progress(cfg.rounds * len(cfg.strategies), log)

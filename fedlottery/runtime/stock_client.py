@@ -36,6 +36,7 @@ from fedlottery.runtime import client_cache
 from fedlottery.runtime.experiment import load_experiment, resolve_config_path
 from fedlottery.schedule import client_seed
 from fedlottery.training import evaluate as evaluate_model
+from fedlottery.training import proximal_term
 from fedlottery.training import train as train_model
 
 DEFAULT_CONFIG = "configs/default.yaml"
@@ -112,8 +113,9 @@ def train(message: Message, context: Context) -> Message:
     lr = float(config["lr"]) if "lr" in config else None
     mu = float(config.get("proximal-mu", 0.0) or 0.0)
     train_loss = evaluate_model(model, data.train)[0]
-    proximal = {"proximal_mu": mu} if mu else {}
-    train_model(model, data.train, cfg.local.as_training(), generator, epochs=cfg.local.epochs, lr=lr, **proximal)
+    proximal = proximal_term(model, mu=mu) if mu else None  # (mu/2)·||w − w_received||²
+    train_model(model, data.train, cfg.local.as_training(), generator, epochs=cfg.local.epochs, lr=lr,
+                extra_loss=proximal)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     metrics = MetricRecord({"num-examples": len(data.train[1]), "train_loss": float(train_loss)})
     return Message(RecordDict({_array_key(message): ArrayRecord(state), "metrics": metrics}), reply_to=message)
