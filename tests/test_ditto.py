@@ -55,15 +55,6 @@ def test_ditto_with_lambda_zero_is_plain_local_training_from_its_own_model(make_
     assert all(torch.equal(update.keep[n], t) for n, t in clone_state(personal).items())
 
 
-def test_ditto_uses_fedavgs_batch_stream_when_told(make_task):
-    told = {"train-seed": 1234}
-    ditto = DittoStrategy.client_train(make_task(DittoOptions(), instructions=told))
-    task = make_task(None)
-    task.generator = torch.Generator().manual_seed(1234)
-    fedavg = FedAvgStrategy.client_train(task)
-    assert all(torch.equal(ditto.state[n], fedavg.state[n]) for n in fedavg.state)
-
-
 def test_ditto_options_are_checked():
     for bad, key in ((DittoOptions(lam=-0.1), "lam"), (DittoOptions(lam=float("nan")), "lam"),
                      (DittoOptions(personal_epochs=0), "personal_epochs")):
