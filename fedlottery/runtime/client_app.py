@@ -21,14 +21,14 @@ from fedlottery.runtime.client_cache import (
     client_data, device_for, experiment, initial_state, partitions, shared_test_set,
 )
 from fedlottery.runs.client_state import ClientState, ClientStateError, ClientStateStore, ContextStore, DirectoryStore
-from fedlottery.comm import CodecError, pack_state, unpack_state
+from fedlottery.comm import CodecError, pack_state, unpack_state, uplink
 from fedlottery.config import FederatedConfig
 from fedlottery.runtime.faults import EVAL_FAULTS, TRAIN_FAULTS, InjectedFault, faults_of
 from fedlottery.models import build_model
 from fedlottery.runtime.shared_evaluation import evaluate_shared
 from fedlottery.sparsity import Mask
 from fedlottery.training import evaluate, evaluate_many, train, warm_up
-from strategies import get_strategy, options_for
+from strategies import get_strategy, spec_for
 from strategies.base import ClientData, ClientTask, mask_crc
 
 app = ClientApp()
@@ -79,17 +79,19 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
     conf = message.content["config"]
     if int(conf["partition-id"]) != pid:
         raise RuntimeError(f"message meant for partition {conf['partition-id']} reached partition {pid}")
-    name, server_round = str(conf["strategy"]), int(conf["round"])
+    label, server_round = str(conf["strategy"]), int(conf["round"])  # a variant's label, or the strategy's name
+    spec = spec_for(cfg, label)
+    name = spec.name
     faults = faults_of(cfg.faults, cfg.seed, name, server_round, pid, TRAIN_FAULTS if training else EVAL_FAULTS)
     if "train_crash" in faults or "eval_crash" in faults:
         raise InjectedFault(f"injected fault: {faults[0]}")
     strategy = get_strategy(name)
     theta0, prunable, batchnorm = initial_state(config_json)
-    options = options_for(cfg, name)
+    options = spec.options
     personal = strategy.personal_tensors(options, list(theta0), prunable, batchnorm)
     store = state_store(context)
     version = int(conf["state-version"])
-    held_state = store.load(name, pid, version)
+    held_state = store.load(label, pid, version)
     held = held_state.mask or Mask.ones({n: theta0[n].shape for n in prunable})
     state, sent = unpack_state(message.content["model"], theta0, held, set(prunable))
     # broadcast: the same dense model for everyone, and this client applies its own mask
@@ -122,20 +124,21 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
                       generator, server_round, dict(held_state.memory), instructions)
     update = strategy.client_train(task)
     new_state = ClientState(None if update.mask.density() == 1.0 else update.mask, task.memory,
-                            dict(held_state.personal), dict(held_state.trained))
+                            dict(held_state.personal), dict(held_state.trained), dict(held_state.residual))
     if update.send_state and personal:
         new_state.personal = {k: update.state[k] for k in personal}
     if update.send_state and (cfg.evaluation.deployed or strategy.personal_entries):
         new_state.trained = dict(update.state)
-    store.save(name, pid, server_round, new_state)
-    store.keep_only(name, pid, {int(conf["state-keep"]), version, server_round})
     num_examples = update.num_examples * (1000 if "lie_examples" in faults else 1)
     if "nan" in faults and update.send_state:
         _inject_nan(update.state, update.mask)
     arrays = ArrayRecord()
     if update.send_state:
         upload = update.state if update.upload is None else update.upload
-        arrays = pack_state(upload, update.mask, mask, personal, cfg.comm.codec, cfg.comm.values)
+        arrays, new_state.residual = _pack_upload(upload, update.mask, mask, personal, spec.comm, state,
+                                                  held_state.residual, f"{cfg.seed}/{server_round}/{pid}/{label}")
+    store.save(label, pid, server_round, new_state)  # after packing: it holds what the uplink withheld
+    store.keep_only(label, pid, {int(conf["state-keep"]), version, server_round})
     if "corrupt" in faults and arrays:
         _corrupt(arrays)
     metrics = {"partition-id": pid, "num-examples": num_examples,
@@ -144,6 +147,18 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
     if "late" in faults:
         time.sleep(cfg.simulation.round_timeout + 1.0)  # past the round's deadline: the server has moved on
     return reply
+
+
+def _pack_upload(upload, keep: Mask, mask: Mask, personal: frozenset[str], comm, state: dict[str, torch.Tensor],
+                 residual: dict[str, torch.Tensor], stream: str) -> tuple[ArrayRecord, dict[str, torch.Tensor]]:
+    """The reply's model record: `pack_state`, or with comm.uplink each tensor's update against what this client
+    was sent (`state` under `mask`, exactly the server's theta_g under it) compressed; returns the record and the
+    residual the client state keeps (STC's error feedback; the old one when nothing was withheld anew)."""
+    if uplink.method_of(comm.uplink) is None:
+        return pack_state(upload, keep, mask, personal, comm.codec, comm.values), dict(residual)
+    sent = {n: (t * mask[n].to(t.dtype) if n in mask else t) for n, t in state.items()}
+    generator = torch.Generator().manual_seed(zlib.crc32(f"{stream}/uplink".encode()))
+    return uplink.pack_upload(upload, keep, mask, personal, comm, sent, residual, generator)
 
 
 def _fill_personal_entries(state: dict[str, torch.Tensor], mask: Mask, trained: dict[str, torch.Tensor]) -> None:
