@@ -341,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="run every strategy on one partition, model and seed; one table + plots")
     _federated_arguments(cmp, "YAML experiment config (its `strategies` list is replaced)",
                          "runs/compare_<config name>")
-    cmp.add_argument("--strategies", type=_names, help="comma-separated subset (default: every installed one)")
+    cmp.add_argument("--strategies", type=_names, help="comma-separated names, or labels of the config's variants "
+                     "(default: every installed strategy)")
     cmp.set_defaults(func=cmd_compare)
 
     mrg = sub.add_parser("merge", help="add a run's strategies to a recorded run of the same config")

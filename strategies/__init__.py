@@ -30,7 +30,7 @@ from strategies.flash import FlashJMWSTStrategy, FlashSPDSTStrategy, HeteroFlash
 from strategies.flower import flower_strategy, is_flower_name
 from strategies.local import LocalStrategy
 from strategies.lotteryfl import LotteryFLStrategy
-from strategies.options import check_config, options_for, uses_validation
+from strategies.options import StrategySpec, check_config, options_for, spec_for, strategy_specs, uses_validation
 
 ENTRY_POINT_GROUP = "fedlottery.strategies"
 _BUILTIN: dict[str, type[FederatedStrategy]] = {cls.name: cls for cls in (
@@ -92,5 +92,5 @@ def get_strategy(name: str) -> type[FederatedStrategy]:
 __all__ = [
     "ClientTask", "ClientUpdate", "FederatedStrategy", "NoOptions", "ServerSetup",
     "ENTRY_POINT_GROUP", "available", "get_strategy", "register",
-    "check_config", "options_for", "uses_validation",
+    "StrategySpec", "check_config", "options_for", "spec_for", "strategy_specs", "uses_validation",
 ]

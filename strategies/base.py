@@ -24,7 +24,7 @@ from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from fedlottery.aggregation import ClientWeights
-from fedlottery.comm import CodecError, complete_mask, pack_state, unpack_state
+from fedlottery.comm import CodecError, complete_mask, pack_state, unpack_state, uplink
 from fedlottery.config import CommConfig, LocalTrainingConfig
 from fedlottery.plain_state import from_plain, to_plain
 from fedlottery.schedule import scheduled_clients
@@ -116,6 +116,7 @@ class ServerSetup:
     test_sizes: dict[int, int] = field(default_factory=dict)  # partition id -> local test images
     rounds: int = 0  # the run's total rounds (annealing schedules); 0: unknown (a strategy needing it says so)
     head: list[str] = field(default_factory=list)  # the model's head tensors (fedlottery.models.head_names)
+    label: str = ""  # what this run of the strategy is called (a variant's label; "": the strategy's name)
 
 
 @dataclass
@@ -182,7 +183,7 @@ class FederatedStrategy(Strategy):
     state_fields: ClassVar[tuple[str, ...]] = (
         "global_state", "masks", "client_holds", "state_version", "state_keep", "failures")
     rebuilt_fields: ClassVar[frozenset[str]] = frozenset(
-        {"setup", "options", "shapes", "personal", "round_failures", "_pending"})
+        {"setup", "options", "shapes", "personal", "round_failures", "_pending", "label"})
     broadcast: ClassVar[bool] = False
     communicates: ClassVar[bool] = True
     regrows: ClassVar[bool] = False
@@ -243,6 +244,7 @@ class FederatedStrategy(Strategy):
     # ---- server half ------------------------------------------------------------------------------------
     def __init__(self, setup: ServerSetup, options: Any = None):
         self.setup = setup
+        self.label = setup.label or self.name  # rows, messages and client state are keyed by it
         self.options = options if options is not None else self.options_cls()
         self.global_state = {k: v.clone() for k, v in setup.theta0.items()}
         self.shapes = {n: setup.theta0[n].shape for n in setup.prunable}
@@ -272,7 +274,7 @@ class FederatedStrategy(Strategy):
         return out
 
     def summary(self) -> None:
-        log(INFO, "%s: %d clients, %d per round", self.name, len(self.setup.node_of), self.setup.clients_per_round)
+        log(INFO, "%s: %d clients, %d per round", self.label, len(self.setup.node_of), self.setup.clients_per_round)
 
     @staticmethod
     def uploads(replies: list[Reply], weighted: bool) -> list[ClientWeights]:
@@ -321,7 +323,7 @@ class FederatedStrategy(Strategy):
         mask, held = self.masks[partition_id], self.client_holds[partition_id]
         arrays = self.downlink_model(partition_id, message_type, mask, held)
         config = ConfigRecord({
-            "strategy": self.name, "round": server_round, "partition-id": partition_id,
+            "strategy": self.label, "round": server_round, "partition-id": partition_id,
             "broadcast": self.broadcast, "mask-crc": mask_crc(held if self.broadcast else mask),
             "state-version": self.state_version[partition_id], "state-keep": self.state_keep[partition_id],
             **self.instructions(partition_id, server_round),
@@ -384,6 +386,7 @@ class FederatedStrategy(Strategy):
             if len(model):
                 raise ReplyRejected("this round's reply must carry metrics only")
             return Reply(pid, ClientWeights({}, sent.mask, num_examples), num_examples, metrics)
+        model = self._rebuild_upload(model, sent)
         expected = set(self.global_state) - self.personal
         check_tensor_set(model, expected, {n: self._value_type(n) for n in expected})
         try:
@@ -397,6 +400,17 @@ class FederatedStrategy(Strategy):
         state = {**{k: self.global_state[k] for k in self.personal}, **state}
         dense = mask.num_kept() == mask.numel()
         return Reply(pid, ClientWeights(state, None if dense else mask, num_examples), num_examples, metrics)
+
+    def _rebuild_upload(self, model: ArrayRecord, sent: Sent) -> ArrayRecord:
+        """A compressed uplink (comm.uplink) carries updates: rebuild theta_sent + Delta-hat from what this
+        client was sent (theta_g under the mask it used), so the checks below see plain tensors."""
+        if uplink.method_of(self.setup.comm.uplink) is None:
+            return model
+        try:
+            return uplink.rebuild_record(model, self.personal_state(sent.partition_id, sent.mask), sent.mask,
+                                         self.setup.comm.uplink)
+        except (CodecError, ValueError) as err:
+            raise ReplyRejected(str(err)) from None
 
     def _value_type(self, name: str) -> str:
         tensor = self.global_state[name]

@@ -217,3 +217,66 @@ def test_command_line_settings_override_the_file_before_the_checks():
     assert empty_section["strategy_options"]["fedpm"] == {"lr": 0.2}
     with pytest.raises(ConfigError, match="personal_bn"):  # a value of the wrong type is refused by name
         load_experiment("configs/compare_cifar10.yaml", settings=["strategy_options.flash-jmwst.personal_bn=[1]"])
+
+
+# ---- strategy variants and compressed uplinks ------------------------------------------------------------------
+_Q8 = {"name": "fedavg", "label": "fedavg-q8", "comm": {"uplink": {"quantize": {"bits": 8}}}}
+
+
+def test_variants_resolve_to_labelled_specs_and_plain_names_stay_as_they_were():
+    from strategies import options_for, spec_for, strategy_specs
+
+    cfg = experiment_from_dict({
+        "strategies": ["lotteryfl", "fedavg", _Q8,
+                       {"name": "lotteryfl", "label": "lotteryfl-fast", "options": {"prune_rate": 0.5}}],
+        "strategy_options": {"lotteryfl": {"prune_rate": 0.3, "target_density": 0.2}},
+        "comm": {"codec": "rice"}})
+    specs = strategy_specs(cfg)
+    assert [(s.label, s.name) for s in specs] == [("lotteryfl", "lotteryfl"), ("fedavg", "fedavg"),
+                                                  ("fedavg-q8", "fedavg"), ("lotteryfl-fast", "lotteryfl")]
+    assert specs[0].options.prune_rate == 0.3 and specs[0].comm.uplink.quantize is None
+    fast = options_for(cfg, "lotteryfl-fast")  # the variant's options over strategy_options, key by key
+    assert (fast.prune_rate, fast.target_density) == (0.5, 0.2)
+    assert spec_for(cfg, "fedavg-q8").comm.uplink.quantize.bits == 8
+    assert spec_for(cfg, "fedavg-q8").comm.codec == "rice"  # the run's comm, the variant's uplink over it
+    assert options_for(cfg, "lotteryfl") == options_for(experiment_from_dict(
+        {"strategies": ["lotteryfl"], "strategy_options": {"lotteryfl": {"prune_rate": 0.3, "target_density": 0.2}}}),
+        "lotteryfl")
+
+
+@pytest.mark.parametrize("strategies,match", [
+    (["fedavg", {"name": "fedavg"}], r"^strategies\[1\]: 'fedavg' is listed twice \(first at strategies\[0\]\)"),
+    ([_Q8, {**_Q8, "comm": {}}], r"^strategies\[1\]: 'fedavg-q8' is listed twice"),
+    (["fedavg", {"name": "fedavg", "label": "a b"}], r"^strategies\[1\]\.label: 'a b' is not a label"),
+    ([{"name": "fedavg", "lable": "x"}], r"^strategies\[0\]\.lable: unknown key"),
+    ([{"name": "nope", "label": "x"}], r"^strategies\[0\]: unknown strategy 'nope'"),
+    ([{"name": "lotteryfl", "label": "x", "options": {"prune_rate": 2}}], r"^strategies\[0\]\.options\.prune_rate:"),
+    ([{"name": "fedavg", "label": "x", "comm": {"uplink": {"quantize": {"bits": 1}}}}],
+     r"^strategies\[0\]\.comm\.uplink\.quantize\.bits: must be an integer in \[2, 16\]"),
+    ([{"name": "fedavg", "label": "x", "comm": {"uplink": {"stc": {"fraction": 0}}}}],
+     r"^strategies\[0\]\.comm\.uplink\.stc\.fraction: must be in \(0, 1\]"),
+    ([{"name": "fedavg", "label": "x", "comm": {"uplink": {"stc": {}, "quantize": {}}}}],
+     r"^strategies\[0\]\.comm\.uplink: set one of quantize and stc"),
+    ([{"name": "fedavg", "label": "x", "comm": {"values": "float16", "uplink": {"stc": {}}}}],
+     r"^strategies\[0\]\.comm\.values: float16 downlinks"),
+])
+def test_variant_refusals_name_the_entry(strategies, match):
+    with pytest.raises(ConfigError, match=match):
+        experiment_from_dict({"strategies": strategies})
+
+
+def test_a_run_wide_uplink_applies_to_every_strategy():
+    from strategies import strategy_specs
+
+    cfg = experiment_from_dict({"strategies": ["fedavg", "lotteryfl"], "comm": {"uplink": {"stc": {"fraction": 0.02}}}})
+    assert all(s.comm.uplink.stc.fraction == 0.02 for s in strategy_specs(cfg))
+
+
+def test_command_line_strategies_pick_the_files_variants_by_label(tmp_path):
+    import yaml
+
+    path = tmp_path / "variants.yaml"
+    path.write_text(yaml.safe_dump({"strategies": ["fedavg", _Q8]}))
+    cfg = load_experiment(path, strategies=["fedavg-q8", "lotteryfl"])
+    assert [getattr(e, "label", e) for e in cfg.strategies] == ["fedavg-q8", "lotteryfl"]
+    assert cfg.strategies[0].comm == _Q8["comm"]

@@ -22,7 +22,14 @@ def content_bytes(content: RecordDict) -> int:
 
 def values_bytes(record: ArrayRecord, prunable: set[str]) -> int:
     """The papers' accounting: the weight values of prunable tensors sent (no masks, biases, keys)."""
-    return sum(values_bytes_of(array) for name, array in record.items() if name in prunable)
+    return sum(_values_of(array) for name, array in record.items() if name in prunable)
+
+
+def _values_of(array) -> int:
+    """A compressed update (comm.uplink) counts its value part; a codec tensor its kept values."""
+    from fedlottery.comm import uplink  # uplink builds on payload, which the package imports after this module
+
+    return uplink.values_bytes(array) if uplink.is_update(array) else values_bytes_of(array)
 
 
 def broadcast_bytes(messages: Iterable[Message], key: str = "model") -> int:

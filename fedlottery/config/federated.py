@@ -9,14 +9,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fedlottery.config.loader import _DEVICE, _check, check_seed, from_dict, load_yaml
+from fedlottery.config.loader import _DEVICE, _check, check_seed, from_dict, load_yaml, to_dict
 from fedlottery.config.sections import DataConfig, ModelConfig, TrainingConfig
 from fedlottery.errors import ConfigError
 
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 SCHEMES: tuple[str, ...] = ("shards", "dirichlet", "pathological", "iid", "flwr")
 TEST_MODES: tuple[str, ...] = ("labels", "matched", "iid", "global")
 
@@ -169,12 +171,84 @@ class EvaluationConfig:
 
 
 @dataclass
+class QuantizeConfig:
+    """comm.uplink.quantize: b-bit unbiased stochastic quantisation of each uploaded tensor's update
+    (fedlottery.comm.quantize), levels relative to max |Delta| ("max") or ||Delta||_2 ("l2", QSGD's)."""
+
+    bits: int = 8
+    scale: Literal["max", "l2"] = "max"
+    coding: Literal["auto", "fixed", "zlib"] = "auto"  # level stream: b bits each, zlib, or the smaller
+
+    def validate(self, path: str) -> None:
+        _check(isinstance(self.bits, int) and 2 <= self.bits <= 16, f"{path}.bits",
+               f"must be an integer in [2, 16] (a sign and at least one level), got {self.bits!r}")
+
+
+@dataclass
+class StcConfig:
+    """comm.uplink.stc: sparse ternary compression with error feedback (fedlottery.comm.stc): the top
+    `fraction` of each tensor's update plus the client's residual, sent as +-mu."""
+
+    fraction: float = 0.01
+
+    def validate(self, path: str) -> None:
+        _check(0 < self.fraction <= 1, f"{path}.fraction", f"must be in (0, 1] (Sattler et al. use 1/25 to "
+               f"1/400), got {self.fraction}")
+
+
+@dataclass
+class UplinkConfig:
+    """How clients compress what they upload (fedlottery.comm.uplink); nothing set: exact, as `codec` says."""
+
+    quantize: QuantizeConfig | None = None
+    stc: StcConfig | None = None
+
+    def validate(self, path: str) -> None:
+        _check(self.quantize is None or self.stc is None, path, "set one of quantize and stc, not both")
+
+
+@dataclass
 class CommConfig:
     """How tensors are encoded on the wire (fedlottery.comm.codec): every codec but the lossy value types
-    is an exact round trip; 'auto' picks the smallest encoding per tensor."""
+    is an exact round trip; 'auto' picks the smallest encoding per tensor. `uplink` compresses what clients
+    send up (lossy, opt-in: fedlottery.comm.uplink)."""
 
     codec: Literal["auto", "bitmap", "indices", "rice"] = "auto"  # how a mask travels when it is news
     values: Literal["float32", "float16", "bfloat16"] = "float32"  # float16/bfloat16 are LOSSY (opt-in)
+    uplink: UplinkConfig = field(default_factory=UplinkConfig)
+
+    def validate(self, path: str) -> None:
+        compressed = self.uplink.quantize is not None or self.uplink.stc is not None
+        _check(not compressed or self.values == "float32", f"{path}.values",
+               f"{self.values} downlinks make the weights a client received differ from those the server holds, "
+               "and a compressed uplink sends the update against them; use values: float32 with comm.uplink")
+
+
+@dataclass
+class StrategyVariant:
+    """One entry of `strategies` written as a mapping: strategy `name` under its own `label` (what every table,
+    row and message calls it), with `options` over strategy_options[name] and `comm` over the run's comm."""
+
+    name: str
+    label: str | None = None
+    options: dict = field(default_factory=dict)
+    comm: dict = field(default_factory=dict)
+
+    def validate(self, path: str) -> None:
+        _check(isinstance(self.name, str) and self.name != "", f"{path}.name", "name the strategy, e.g. fedavg")
+        if self.label is not None:
+            _check(bool(_LABEL.fullmatch(self.label)), f"{path}.label",
+                   f"{self.label!r} is not a label; use letters, digits and _ . + - (e.g. fedavg-q8)")
+
+
+@dataclass(frozen=True)
+class StrategyEntry:
+    """A `strategies` entry resolved: label, strategy name, raw options (over strategy_options) and comm."""
+
+    label: str
+    name: str
+    options: dict
+    comm: CommConfig
 
 
 @dataclass
@@ -224,8 +298,9 @@ class FederatedConfig:
     """A federated experiment: the strategies to compare on one partition, model and seed."""
 
     seed: int = 0  # drives theta_0, the partition, client sampling and local training; --seeds runs several
-    # strategy names (`fedlottery strategies`), run in turn on the same clients and theta_0
-    strategies: list[str] = field(default_factory=lambda: ["lotteryfl", "fedavg"])
+    # strategy names (`fedlottery strategies`), run in turn on the same clients and theta_0, or
+    # {name, label, options, comm}: a variant of one (several variants side by side); see `entries()`
+    strategies: list[str | StrategyVariant] = field(default_factory=lambda: ["lotteryfl", "fedavg"])
     rounds: int = 20  # federated rounds per strategy
     clients_per_round: int = 5  # clients sampled per round (seeded), at most partition.num_clients
     data: DataConfig = field(default_factory=DataConfig)
@@ -246,16 +321,39 @@ class FederatedConfig:
         check_seed(self.seed, "seed")
         _check(self.rounds >= 1, "rounds", "must be >= 1")
         _check(len(self.strategies) >= 1, "strategies", "name at least one strategy")
-        for i, name in enumerate(self.strategies):
-            if name in self.strategies[:i]:
-                raise ConfigError(f"strategies[{i}]: {name!r} is listed twice (first at strategies"
-                                  f"[{self.strategies.index(name)}]); list each strategy once")
+        labels = [label_of(entry) for entry in self.strategies]
+        for i, label in enumerate(labels):
+            if label in labels[:i]:
+                raise ConfigError(f"strategies[{i}]: {label!r} is listed twice (first at strategies"
+                                  f"[{labels.index(label)}]); list each strategy once, and give each variant of "
+                                  "one strategy its own label")
         _check(self.clients_per_round >= 1, "clients_per_round", "must be >= 1")
         _check(
             self.clients_per_round <= self.partition.num_clients,
             "clients_per_round",
             f"must be <= partition.num_clients ({self.partition.num_clients})",
         )
+
+
+def label_of(entry: "str | StrategyVariant") -> str:
+    """What a `strategies` entry is called: its label, else its strategy name."""
+    return entry if isinstance(entry, str) else entry.label or entry.name
+
+
+def resolve_entries(cfg: FederatedConfig) -> list[StrategyEntry]:
+    """Every `strategies` entry as (label, name, raw options, comm), the variants' overrides applied: options
+    over strategy_options[name] (key by key), comm over the run's comm (section by section)."""
+    entries = []
+    for i, entry in enumerate(cfg.strategies):
+        if isinstance(entry, str):
+            entries.append(StrategyEntry(entry, entry, dict(cfg.strategy_options.get(entry) or {}), cfg.comm))
+            continue
+        options = {**(cfg.strategy_options.get(entry.name) or {}), **entry.options}
+        comm = cfg.comm
+        if entry.comm:
+            comm = from_dict(CommConfig, {**to_dict(cfg.comm), **entry.comm}, f"strategies[{i}].comm")
+        entries.append(StrategyEntry(label_of(entry), entry.name, options, comm))
+    return entries
 
 
 def load_federated_config(path: str | Path) -> FederatedConfig:

@@ -80,7 +80,7 @@ def _coerce(hint: Any, value: Any, key: str, nonfinite: bool = False) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
+        errors, shaped = [], []
         for arg in args:
             if arg is type(None):
                 continue
@@ -88,6 +88,10 @@ def _coerce(hint: Any, value: Any, key: str, nonfinite: bool = False) -> Any:
                 return _coerce(arg, value, key, nonfinite)
             except ConfigError as err:
                 errors.append(err)
+                if isinstance(value, dict) and dataclasses.is_dataclass(arg):
+                    shaped.append(err)  # a mapping meant for this section: its own error says what is wrong
+        if len(shaped) == 1:
+            raise shaped[0]
         raise errors[0] if len(errors) == 1 else ConfigError(f"{key}: {value!r} matches none of {hint}")
     if origin is Literal:
         if isinstance(value, bool) or value not in args:

@@ -1,8 +1,9 @@
 """Where a federated client's own state lives between rounds: a versioned client-state store.
 
-A client's state (per strategy) is the mask it holds, its scalar memory (CELL's threshold), its personal
-tensors (FedLTN's BatchNorm), its last trained weights (the "deployed" model) and any tensors the strategy keeps
-for itself beside the model (Ditto's personal model). The server names, in every
+A client's state (per strategy, or variant label) is the mask it holds, its scalar memory (CELL's threshold), its
+personal tensors (FedLTN's BatchNorm), its last trained weights (the "deployed" model), any tensors the strategy
+keeps for itself beside the model (Ditto's personal model) and what an STC uplink withheld (its error-feedback
+residual). The server names, in every
 message, which version the client must start from (`state-version`: the round of the client's last reply it
 *accepted*, 0 for a fresh client); after training the client saves a new version under the current round.
 So a reply the server drops, or a round lost to a crash, never desynchronises the two sides: the client
@@ -45,6 +46,8 @@ class ClientState:
     personal: dict[str, torch.Tensor] = field(default_factory=dict)
     trained: dict[str, torch.Tensor] = field(default_factory=dict)
     kept: dict[str, torch.Tensor] = field(default_factory=dict)  # a strategy's own tensors (ClientUpdate.keep)
+    # what an STC uplink (comm.uplink.stc) withheld so far, per tensor: it goes up with the next update
+    residual: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         """Masks bit-packed (n/8 bytes), tensors as they are; readable with torch.load(weights_only=True)."""
@@ -55,7 +58,8 @@ class ClientState:
         torch.save({"mask": packed, "memory": dict(self.memory),
                     "personal": {k: v.detach().cpu() for k, v in self.personal.items()},
                     "trained": {k: v.detach().cpu() for k, v in self.trained.items()},
-                    "kept": {k: v.detach().cpu() for k, v in self.kept.items()}}, buffer)
+                    "kept": {k: v.detach().cpu() for k, v in self.kept.items()},
+                    "residual": {k: v.detach().cpu() for k, v in self.residual.items()}}, buffer)
         return buffer.getvalue()
 
     @classmethod
@@ -65,8 +69,9 @@ class ClientState:
         if raw["mask"] is not None:
             mask = Mask.from_packed({n: (tuple(shape), bits.numpy().astype(np.uint8))
                                      for n, (shape, bits) in raw["mask"].items()})
-        # "kept" is newer than the other fields: state written before it has none
-        return cls(mask, dict(raw["memory"]), dict(raw["personal"]), dict(raw["trained"]), dict(raw.get("kept", {})))
+        # "kept" and "residual" are newer than the other fields: state written before them has none
+        return cls(mask, dict(raw["memory"]), dict(raw["personal"]), dict(raw["trained"]), dict(raw.get("kept", {})),
+                   dict(raw.get("residual", {})))
 
 
 class ClientStateStore(ABC):

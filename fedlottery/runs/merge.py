@@ -55,12 +55,19 @@ def merge_run(source: Path, into: Path, replace: bool = False, only: list[str] |
     for name in ROW_FILES:
         _merge_rows(source / name, into / name, kept, added)
     ours["strategies"] = {**{s: ours["strategies"][s] for s in kept}, **{s: theirs["strategies"][s] for s in added}}
-    ours["config"]["strategies"] = list(ours["strategies"])
+    mine, yours = _entries(ours["config"]), _entries(theirs["config"])  # a variant keeps its settings
+    ours["config"]["strategies"] = [(yours if label in added else mine).get(label, label)
+                                    for label in ours["strategies"]]
     ours["config"]["strategy_options"] = {**ours["config"].get("strategy_options", {}),
                                           **{k: v for k, v in theirs["config"].get("strategy_options", {}).items()
                                              if k in added}}
     write_json(into / "summary.json", ours)
     return f"{into}: added {', '.join(added)} from {source}" + (f" (replaced {', '.join(clash)})" if clash else "")
+
+
+def _entries(config: dict) -> dict:
+    """A config's `strategies` entries by label (a variant is a mapping with its label, a plain name itself)."""
+    return {e if isinstance(e, str) else (e.get("label") or e["name"]): e for e in config.get("strategies", [])}
 
 
 def _check_same_experiment(theirs: dict, ours: dict, source: Path, into: Path) -> None:

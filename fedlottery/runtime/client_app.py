@@ -22,7 +22,7 @@ from fedlottery.runtime.client_cache import (
     client_data, device_for, experiment, initial_state, model_head, partitions, shared_test_set,
 )
 from fedlottery.runs.client_state import ClientState, ClientStateError, ClientStateStore, ContextStore, DirectoryStore
-from fedlottery.comm import CodecError, complete_mask, pack_state, unpack_state
+from fedlottery.comm import CodecError, complete_mask, pack_state, unpack_state, uplink
 from fedlottery.config import FederatedConfig
 from fedlottery.runtime.faults import EVAL_FAULTS, TRAIN_FAULTS, InjectedFault, faults_of
 from fedlottery.models import build_model
@@ -30,7 +30,7 @@ from fedlottery.schedule import client_seed
 from fedlottery.runtime.shared_evaluation import evaluate_shared
 from fedlottery.sparsity import Mask
 from fedlottery.training import evaluate, evaluate_many, train, warm_up
-from strategies import get_strategy, options_for
+from strategies import get_strategy, spec_for
 from strategies.base import RELAY_PREFIX, ClientData, ClientTask, ClientUpdate, FederatedStrategy, mask_crc
 
 app = ClientApp()
@@ -81,7 +81,8 @@ class _Received:
     conf: ConfigRecord  # the downlink config (DOWNLINK_KEYS, then the strategy's instructions)
     pid: int
     server_round: int
-    name: str
+    label: str  # the strategy's name, or its variant's label: what client state is filed under
+    comm: Any  # the variant's CommConfig (its uplink compression)
     strategy: type[FederatedStrategy]
     options: Any
     faults: list[str]  # the faults injected into this client this round (fedlottery.runtime.faults)
@@ -100,6 +101,7 @@ class _Restored:
     mask: Mask
     model: torch.nn.Module
     data: ClientData
+    sent_state: dict[str, torch.Tensor]  # what the server sent, decoded (a compressed uplink's reference)
     own_model: bool = False  # evaluated on a model of the client's own (Ditto's), not on what it was sent
 
 
@@ -123,24 +125,26 @@ def _receive(message: Message, context: Context, training: bool) -> _Received:
     conf = message.content["config"]
     if int(conf["partition-id"]) != pid:
         raise RuntimeError(f"message meant for partition {conf['partition-id']} reached partition {pid}")
-    name, server_round = str(conf["strategy"]), int(conf["round"])
+    label, server_round = str(conf["strategy"]), int(conf["round"])  # a variant's label, or the strategy's name
+    spec = spec_for(cfg, label)
+    name = spec.name
     faults = faults_of(cfg.faults, cfg.seed, server_round, pid, TRAIN_FAULTS if training else EVAL_FAULTS)
     if "train_crash" in faults or "eval_crash" in faults:
         raise InjectedFault(f"injected fault: {faults[0]}")
     strategy = get_strategy(name)
     theta0, prunable, batchnorm = initial_state(config_json)
-    options = options_for(cfg, name)
+    options = spec.options
     head = model_head(config_json) if strategy.keeps_head else []
     personal = strategy.personal_set(options, list(theta0), prunable, batchnorm, head)
-    return _Received(cfg, config_json, conf, pid, server_round, name, strategy, options, faults, theta0, prunable,
-                     personal, state_store(context))
+    return _Received(cfg, config_json, conf, pid, server_round, label, spec.comm, strategy, options, faults, theta0,
+                     prunable, personal, state_store(context))
 
 
 def _restore(message: Message, received: _Received, training: bool) -> _Restored:
     """Decode the downlink against the mask this client holds, refuse a mask the server did not mean (checksum),
     and load the model: what was sent, masked, plus the personal tensors (and personal entries) it kept."""
     r = received
-    held_state = r.store.load(r.name, r.pid, int(r.conf["state-version"]))
+    held_state = r.store.load(r.label, r.pid, int(r.conf["state-version"]))
     held = held_state.mask or r.strategy.initial_mask(r.options, r.cfg.seed, r.pid, r.theta0, list(r.prunable)) \
         or Mask.ones({n: r.theta0[n].shape for n in r.prunable})
     state, sent = unpack_state(message.content["model"], r.theta0, held, set(r.prunable))
@@ -162,7 +166,7 @@ def _restore(message: Message, received: _Received, training: bool) -> _Restored
                                                                              held_state.kept)
     model.load_state_dict(evaluated)
     model.to(device)
-    return _Restored(held_state, mask, model, client_data(r.config_json, r.pid, device),
+    return _Restored(held_state, mask, model, client_data(r.config_json, r.pid, device), state,
                      own_model=evaluated is not received_state)
 
 
@@ -170,8 +174,10 @@ def _train(message: Message, received: _Received, restored: _Restored) -> Messag
     """Run the strategy's client half on this round's task, save the client's new state, encode the reply."""
     task = _task(message, received, restored)
     update = received.strategy.client_train(task)
-    _save_state(received, restored.held, task, update)
-    return _encode_reply(message, received, restored.mask, update)
+    new_state = _new_state(received, restored.held, task, update)
+    reply = _encode_reply(message, received, restored, update, new_state)
+    _save_state(received, new_state)  # after packing: it holds what the uplink withheld
+    return reply
 
 
 def _task(message: Message, received: _Received, restored: _Restored) -> ClientTask:
@@ -187,32 +193,43 @@ def _task(message: Message, received: _Received, restored: _Restored) -> ClientT
                       {k: v.to(device) for k, v in restored.held.kept.items()})
 
 
-def _save_state(received: _Received, held: ClientState, task: ClientTask, update: ClientUpdate) -> None:
-    """Store this round's client state (mask, memory, personal tensors, last trained weights when kept) as a new
-    version, and drop the versions neither the server nor the last checkpoint can still name."""
+def _new_state(received: _Received, held: ClientState, task: ClientTask, update: ClientUpdate) -> ClientState:
+    """This round's client state: mask, memory, personal tensors, last trained weights when kept, the strategy's
+    own kept tensors, and (filled in when the reply is packed) the uplink's residual."""
     r = received
     new_state = ClientState(None if update.mask.density() == 1.0 else update.mask, task.memory,
                             dict(held.personal), dict(held.trained),
-                            dict(held.kept if update.keep is None else update.keep))
+                            dict(held.kept if update.keep is None else update.keep), dict(held.residual))
     if update.send_state and r.personal:
         new_state.personal = {k: update.state[k] for k in r.personal}
     if update.send_state and (r.cfg.evaluation.deployed or r.strategy.personal_entries or r.strategy.keeps_trained):
         new_state.trained = dict(update.state)
-    r.store.save(r.name, r.pid, r.server_round, new_state)
-    r.store.keep_only(r.name, r.pid, {int(r.conf["state-keep"]), int(r.conf["state-version"]), r.server_round})
+    return new_state
 
 
-def _encode_reply(message: Message, received: _Received, sent: Mask, update: ClientUpdate) -> Message:
-    """The uplink: what the client half chose to send (encoded against the mask it was sent) and its metrics,
-    with this round's injected faults applied."""
-    r, faults = received, received.faults
+def _save_state(received: _Received, new_state: ClientState) -> None:
+    """Store this round's client state as a new version, and drop the versions neither the server nor the last
+    checkpoint can still name."""
+    r = received
+    r.store.save(r.label, r.pid, r.server_round, new_state)
+    r.store.keep_only(r.label, r.pid, {int(r.conf["state-keep"]), int(r.conf["state-version"]), r.server_round})
+
+
+def _encode_reply(message: Message, received: _Received, restored: _Restored, update: ClientUpdate,
+                  new_state: ClientState) -> Message:
+    """The uplink: what the client half chose to send (encoded against the mask it was sent, compressed when
+    comm.uplink says so, the withheld residual put in `new_state`) and its metrics, with this round's injected
+    faults applied."""
+    r, faults, sent = received, received.faults, restored.mask
     num_examples = update.num_examples * (1000 if "lie_examples" in faults else 1)
     if "nan" in faults and update.send_state:
         _inject_nan(update.state, update.mask)
     arrays = ArrayRecord()
     if update.send_state:
         upload = update.state if update.upload is None else update.upload
-        arrays = pack_state(upload, update.mask, sent, r.personal, r.cfg.comm.codec, r.cfg.comm.values)
+        arrays, new_state.residual = _pack_upload(upload, update.mask, sent, r.personal, r.comm, restored.sent_state,
+                                                  restored.held.residual,
+                                                  client_seed(r.cfg.seed, r.server_round, r.pid, "uplink"))
     if "corrupt" in faults and arrays:
         _corrupt(arrays)
     metrics = {"partition-id": r.pid, "num-examples": num_examples,
@@ -249,6 +266,17 @@ def _evaluate_restored(message: Message, received: _Received, restored: _Restore
         shared = (r.config_json, test_set, partitions(r.config_json)[1][r.pid].test)
     tune_mask = None if r.strategy.personal_entries else mask  # personal entries are weights, not zeros
     return _evaluate(message, restored.model, tune_mask, restored.data, restored.held, r.cfg, r.pid, tune_seed, shared)
+
+def _pack_upload(upload, keep: Mask, mask: Mask, personal: frozenset[str], comm, state: dict[str, torch.Tensor],
+                 residual: dict[str, torch.Tensor], seed: int) -> tuple[ArrayRecord, dict[str, torch.Tensor]]:
+    """The reply's model record: `pack_state`, or with comm.uplink each tensor's update against what this client
+    was sent (`state` under `mask`, exactly the server's theta_g under it) compressed; returns the record and the
+    residual the client state keeps (STC's error feedback; the old one when nothing was withheld anew)."""
+    if uplink.method_of(comm.uplink) is None:
+        return pack_state(upload, keep, mask, personal, comm.codec, comm.values), dict(residual)
+    sent = {n: (t * mask[n].to(t.dtype) if n in mask else t) for n, t in state.items()}
+    generator = torch.Generator().manual_seed(seed)  # the stochastic rounding's draws: (seed, round, partition)
+    return uplink.pack_upload(upload, keep, mask, personal, comm, sent, residual, generator)
 
 
 def _fill_personal_entries(state: dict[str, torch.Tensor], mask: Mask, trained: dict[str, torch.Tensor]) -> None:

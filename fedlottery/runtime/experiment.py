@@ -24,6 +24,7 @@ from fedlottery.config import (
     load_yaml,
     set_dotted,
 )
+from fedlottery.config.federated import label_of
 
 
 def check_model_config(cfg: ModelConfig, path: str = "model") -> None:
@@ -59,13 +60,14 @@ def load_experiment(path: str | Path, *, rounds: int | None = None, strategies: 
                     settings: list[str] = ()) -> FederatedConfig:
     """Load a federated config file and check all of it; `settings` ("dotted.key=YAML value", the command
     line's --set), then `rounds` / `strategies` (--rounds / --strategies) override the file's values before the
-    checks run. Raises ConfigError naming the key."""
+    checks run; a name in `strategies` that is the label of one of the file's variants stands for that variant. Raises ConfigError naming the key."""
     data = load_yaml(path)
     for assignment in settings:
         set_dotted(data, assignment)
     cfg = from_dict(FederatedConfig, data)
-    if strategies is not None:
-        cfg.strategies = list(strategies)
+    if strategies is not None:  # a label of one of the file's variants picks that variant
+        variants = {label_of(e): e for e in cfg.strategies if not isinstance(e, str)}
+        cfg.strategies = [variants.get(s, s) for s in strategies]
     if rounds is not None:
         cfg.rounds = rounds
     return check_experiment(cfg)

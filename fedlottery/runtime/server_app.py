@@ -34,7 +34,7 @@ from fedlottery.runs.tracking import Tracker
 from fedlottery.schedule import draw_ids
 from fedlottery.runs.results import CsvLog, Progress, partition_table, stderr_log, write_json
 from fedlottery.training import evaluate
-from strategies import get_strategy, options_for
+from strategies import get_strategy, strategy_specs
 from strategies.base import FederatedStrategy, ServerSetup
 from strategies.replies import one_line
 
@@ -144,10 +144,12 @@ def run_experiment(grid: Grid, cfg: FederatedConfig, out_dir: Path, log: Callabl
 def _run_strategies(grid, exp: Experiment, summary: dict, checkpoint: dict | None) -> None:
     """Each configured strategy in turn (those a resumed run finished already skipped)."""
     cfg, out_dir = exp.cfg, exp.out_dir
-    for index, name in enumerate(cfg.strategies):
+    for index, spec in enumerate(strategy_specs(cfg)):
         if checkpoint is not None and index < checkpoint["strategy_index"]:
             continue
-        strategy = get_strategy(name)(ServerSetup(**exp.setup), options_for(cfg, name))
+        name = spec.label  # what rows, tables, messages and client state call it
+        strategy = get_strategy(spec.name)(ServerSetup(**{**exp.setup, "comm": spec.comm, "label": name}),
+                                           spec.options)
         run, first_round = StrategyRun(name), 1
         if checkpoint is not None and index == checkpoint["strategy_index"] and checkpoint["strategy"]:
             strategy.load_state_dict(checkpoint["strategy"]["state"])
@@ -211,7 +213,7 @@ def _checkpoint(exp: Experiment, index: int, rnd: int, strategy: FederatedStrate
     save_checkpoint(exp.out_dir, {
         "config": to_dict(exp.cfg), "strategy_index": index, "round": rnd,
         "run": None if run is None else run.state_dict(), "summary": to_plain(summary, "summary"),
-        "strategy": None if strategy is None else {"name": strategy.name, "state": strategy.state_dict()},
+        "strategy": None if strategy is None else {"name": strategy.label, "state": strategy.state_dict()},
         "files": file_sizes(exp.out_dir, ("rounds.csv", "clients.csv", "failures.log")),
     })
 
@@ -259,7 +261,7 @@ def _run_strategy(grid, exp: Experiment, strategy: FederatedStrategy, run: Strat
         exp.rounds_log.append(row)
         exp.tracker.log(row)
         run.rows.append(row)
-        exp.progress.step(_progress_line(strategy.name, rnd, cfg, row))
+        exp.progress.step(_progress_line(strategy.label, rnd, cfg, row))
         if cfg.checkpoint.every and (rnd % cfg.checkpoint.every == 0 or rnd == cfg.rounds):
             _checkpoint(exp, index, rnd, strategy, run, summary)
 
@@ -284,7 +286,7 @@ def _train_round(grid, exp: Experiment, strategy: FederatedStrategy, run: Strate
     accepted = int(train_metrics["clients"])
     _log_failures(exp, strategy)
     return {
-        "round": rnd, "strategy": strategy.name, "seed": exp.cfg.seed, "clients": accepted,
+        "round": rnd, "strategy": strategy.label, "seed": exp.cfg.seed, "clients": accepted,
         "sampled": " ".join(str(pid) for pid in sorted(pid_of.values())),  # asked, whether or not they replied
         "density_mean": round(strategy.density_mean(), 6),
         "bytes_up": meter.round_total(rnd, "up"), "bytes_down": meter.round_total(rnd, "down"),
@@ -363,11 +365,11 @@ def _log_failures(exp: Experiment, strategy: FederatedStrategy) -> None:
         return
     with (exp.out_dir / "failures.log").open("a") as f:
         for failure in strategy.round_failures:
-            f.write(f"[{strategy.name}] {failure.line()}\n")
+            f.write(f"[{strategy.label}] {failure.line()}\n")
             if failure.detail != failure.cause:
                 f.write("    " + failure.detail.replace("\n", "\n    ").rstrip() + "\n")
     lines = [f.line() for f in strategy.round_failures]
-    exp.progress.log(f"{strategy.name}: {len(lines)} client(s) failed: " + "; ".join(lines[:3])
+    exp.progress.log(f"{strategy.label}: {len(lines)} client(s) failed: " + "; ".join(lines[:3])
                      + (f"; ... (see {exp.out_dir / 'failures.log'})" if len(lines) > 3 else ""))
 
 
