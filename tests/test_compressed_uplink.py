@@ -121,7 +121,7 @@ def _stc_upload(delta: torch.Tensor, residual: dict) -> tuple[torch.Tensor, dict
     sent = {"w": torch.zeros_like(delta)}
     mask = Mask({"w": torch.ones(delta.shape, dtype=torch.bool)})
     comm = _comm(stc=StcConfig(0.05))
-    record, left = client_app._pack_upload({"w": delta}, mask, mask, frozenset(), comm, sent, residual, "0/1/0/x")
+    record, left = client_app._pack_upload({"w": delta}, mask, mask, frozenset(), comm, sent, residual, 7)
     rebuilt = uplink.rebuild_record(record, sent, mask, comm.uplink)
     from fedlottery.comm import decode_tensor
     return decode_tensor(rebuilt["w"], mask["w"])[0], left

@@ -215,7 +215,7 @@ class CommConfig:
 
     codec: Literal["auto", "bitmap", "indices", "rice"] = "auto"  # how a mask travels when it is news
     values: Literal["float32", "float16", "bfloat16"] = "float32"  # float16/bfloat16 are LOSSY (opt-in)
-    uplink: UplinkConfig = field(default_factory=UplinkConfig)
+    uplink: UplinkConfig = field(default_factory=UplinkConfig)  # lossy compression of what clients send up
 
     def validate(self, path: str) -> None:
         compressed = self.uplink.quantize is not None or self.uplink.stc is not None
