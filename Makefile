@@ -1,11 +1,12 @@
-# Two entry points for a fresh machine: `make demo` (set up + main job) and `make test` (set up + tests).
+# Two entry points for a fresh machine: `make demo` (set up + main job) and `make test` (set up + every test, what CI
+# runs); `make test-fast` leaves out the end-to-end runs marked slow, for the edit-test loop.
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU build of torch; pick another build with e.g. `make demo TORCH_SPEC="torch==2.14.1"`.
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup clean
+.PHONY: demo test test-fast setup clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +27,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs

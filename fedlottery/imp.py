@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -53,6 +53,42 @@ def _splits(dataset: Dataset, val_size: int, seed: int, device: str) -> _Splits:
     train = move(dataset.x_train[train_idx], dataset.y_train[train_idx])
     val = move(dataset.x_train[val_idx], dataset.y_train[val_idx]) if val_size > 0 else None
     return _Splits(train, val, move(dataset.x_test, dataset.y_test))
+
+
+@dataclass
+class _SeedRun:
+    """What every run of one seed shares: its splits, its model (trained in place level after level), theta_0,
+    and the rows written so far (each also appended to levels.csv and reported to the progress line)."""
+
+    seed: int
+    splits: _Splits
+    model: nn.Module
+    theta0: dict
+    log: CsvLog
+    progress: Progress
+    rows: list[dict] = field(default_factory=list)
+
+    def record(self, level: int, variant: str, run_mask: Mask, result: TrainResult, bird: int | None = None):
+        row = {
+            "level": level,
+            "percent_remaining": round(100 * run_mask.density(), 4),
+            "variant": variant,
+            "seed": self.seed,
+            "test_acc_early_stop": result.test_acc_early_stop,
+            "early_stop_iteration": result.early_stop_iteration,
+            "test_acc_final": result.test_acc_final,
+            "val_loss_min": result.val_loss_min,
+            "iterations": result.iterations,
+            "early_bird_epoch": bird,
+            "wall_s": round(result.wall_s, 3),
+        }
+        self.log.append(row)
+        self.rows.append(row)
+        self.progress.step(
+            f"seed {self.seed} level {level} {variant:<11} {row['percent_remaining']:6.2f}% left: "
+            f"test acc {100 * result.test_acc_early_stop:.2f}% at early stop "
+            f"(iter {result.early_stop_iteration}), {100 * result.test_acc_final:.2f}% final"
+        )
 
 
 def _generator(seed: int, *parts: int) -> torch.Generator:
@@ -147,59 +183,22 @@ class ImpRunner:
         return rows
 
     def _run_seed(self, seed: int, log: CsvLog, progress: Progress) -> list[dict]:
+        """Level 0 (dense, then the supermask run), then every pruning level with its controls, for one seed."""
         cfg = self.cfg
         splits = _splits(self.dataset, cfg.data.val_size, seed, cfg.training.device)
         model = self._fresh_model(seed)
-        theta0 = clone_state(model)
+        run = _SeedRun(seed, splits, model, clone_state(model), log, progress)
         params = dict(model.named_parameters())
         names = prunable_names(model)
         rates = self._rates(model)
         mask = Mask.ones_like({n: params[n] for n in names})
-        rows: list[dict] = []
 
-        def record(level: int, variant: str, run_mask: Mask, result: TrainResult, bird: int | None = None):
-            row = {
-                "level": level,
-                "percent_remaining": round(100 * run_mask.density(), 4),
-                "variant": variant,
-                "seed": seed,
-                "test_acc_early_stop": result.test_acc_early_stop,
-                "early_stop_iteration": result.early_stop_iteration,
-                "test_acc_final": result.test_acc_final,
-                "val_loss_min": result.val_loss_min,
-                "iterations": result.iterations,
-                "early_bird_epoch": bird,
-                "wall_s": round(result.wall_s, 3),
-            }
-            log.append(row)
-            rows.append(row)
-            progress.step(
-                f"seed {seed} level {level} {variant:<11} {row['percent_remaining']:6.2f}% left: "
-                f"test acc {100 * result.test_acc_early_stop:.2f}% at early stop "
-                f"(iter {result.early_stop_iteration}), {100 * result.test_acc_final:.2f}% final"
-            )
-
-        # Level 0: the dense network, capturing theta_k for late rewinding on the way.
-        rewind_state = theta0
-        snapshots: dict[str, dict] = {}
-        on_iteration = None
-        if cfg.pruning.rewind == "iteration" and cfg.pruning.rewind_iteration > 0:
-            k = cfg.pruning.rewind_iteration
-
-            def on_iteration(step: int, m: nn.Module) -> None:
-                if step == k:
-                    snapshots["theta_k"] = clone_state(m)
-
-        result, bird = self._train_ticket(model, mask, splits, _generator(seed, 0, 0), rates, on_iteration)
-        if cfg.pruning.rewind == "iteration" and cfg.pruning.rewind_iteration > 0:
-            rewind_state = snapshots["theta_k"]
-        record(0, "ticket", mask, result, bird)
-        mask.save(self.out_dir / "masks" / f"seed{seed}_level0.npz")
+        rewind_state = self._train_dense(run, mask, rates)
         dense_mask, dense_trained = mask, clone_state(model)
         if cfg.supermask.enabled:
-            kept, result = self._train_supermask(seed, theta0, splits)
+            kept, result = self._train_supermask(seed, run.theta0, splits)
             kept.save(self.out_dir / "masks" / f"seed{seed}_supermask.npz")
-            record(0, "supermask", kept, result)
+            run.record(0, "supermask", kept, result)
         trained = dense_trained
 
         for level in range(1, cfg.pruning.levels + 1):
@@ -212,28 +211,54 @@ class ImpRunner:
                 break
             mask = new_mask
             mask.save(self.out_dir / "masks" / f"seed{seed}_level{level}.npz")
-            start_state, lr = self._start_state(theta0, rewind_state, trained, dense_trained)
+            start_state, lr = self._start_state(run.theta0, rewind_state, trained, dense_trained)
             model.load_state_dict(start_state)
             result, bird = self._train_ticket(model, mask, splits, _generator(seed, level, 0), rates, lr=lr)
-            record(level, "ticket", mask, result, bird)
+            run.record(level, "ticket", mask, result, bird)
             trained = clone_state(model)
-
             if level in self.control_levels():
-                for v_index, variant in enumerate(cfg.controls.variants, start=1):
-                    gen = _generator(seed, level, v_index)
-                    if variant == "reinit":
-                        control = self._fresh_model(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-                        control_mask = mask
-                    else:
-                        control = copy.deepcopy(model)
-                        control.load_state_dict(start_state)
-                        control_mask = random_mask_like(mask, gen)
-                    res = train(
-                        control, splits.train, cfg.training, gen, mask=control_mask,
-                        val_data=splits.val, test_data=splits.test, lr=lr,
-                    )
-                    record(level, variant, control_mask, res)
-        return rows
+                self._train_controls(run, level, mask, start_state, lr)
+        return run.rows
+
+    def _train_dense(self, run: _SeedRun, mask: Mask, rates: dict[str, float]) -> dict:
+        """Level 0: train the dense network and record it; returns the state later levels rewind to
+        (theta_0, or theta_k captured on the way when rewinding late to iteration k)."""
+        p = self.cfg.pruning
+        snapshots: dict[str, dict] = {}
+        on_iteration = None
+        late_rewind = p.rewind == "iteration" and p.rewind_iteration > 0
+        if late_rewind:
+            k = p.rewind_iteration
+
+            def on_iteration(step: int, m: nn.Module) -> None:
+                if step == k:
+                    snapshots["theta_k"] = clone_state(m)
+
+        gen = _generator(run.seed, 0, 0)
+        result, bird = self._train_ticket(run.model, mask, run.splits, gen, rates, on_iteration)
+        rewind_state = snapshots["theta_k"] if late_rewind else run.theta0
+        run.record(0, "ticket", mask, result, bird)
+        mask.save(self.out_dir / "masks" / f"seed{run.seed}_level0.npz")
+        return rewind_state
+
+    def _train_controls(self, run: _SeedRun, level: int, mask: Mask, start_state: dict, lr: float | None) -> None:
+        """The control runs at one level: `reinit` (the ticket's mask over fresh weights) and `random_mask`
+        (the ticket's start weights under a random mask of the same per-layer density)."""
+        cfg = self.cfg
+        for v_index, variant in enumerate(cfg.controls.variants, start=1):
+            gen = _generator(run.seed, level, v_index)
+            if variant == "reinit":
+                control = self._fresh_model(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+                control_mask = mask
+            else:
+                control = copy.deepcopy(run.model)
+                control.load_state_dict(start_state)
+                control_mask = random_mask_like(mask, gen)
+            res = train(
+                control, run.splits.train, cfg.training, gen, mask=control_mask,
+                val_data=run.splits.val, test_data=run.splits.test, lr=lr,
+            )
+            run.record(level, variant, control_mask, res)
 
     def _start_state(self, theta0, rewind_state, trained, dense_trained) -> tuple[dict, float | None]:
         """Weights the survivors start from at a new level, and the LR to train with (None: cfg's)."""

@@ -1,4 +1,11 @@
-"""Shared test set-up: one torch thread (tiny models; avoids oversubscribing 2-core CI machines)."""
+"""Shared test set-up: one torch thread (tiny models; avoids oversubscribing 2-core CI machines), toy client
+tasks and server setups, the tiny federated experiment the run-level tests start from, and a run's result files
+with the wall-clock fields removed (what two runs that must agree are compared on)."""
+import copy
+import csv
+import json
+from pathlib import Path
+
 import torch
 
 torch.set_num_threads(1)
@@ -62,3 +69,66 @@ def flower_run():
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # node 0: the ServerApp's side
     yield
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = previous
+
+
+# The tiny federated experiment: 4 clients on the embedded digits data, 2 rounds of 2 clients, one CPU. A test
+# states only what it changes, so the reader sees what matters to it (and every such test runs in seconds).
+TINY_CONFIG = {
+    "seed": 1,
+    "strategies": ["fedavg"],
+    "rounds": 2,
+    "clients_per_round": 2,
+    "data": {"dataset": "digits"},
+    "model": {"name": "mlp_digits"},
+    "partition": {"scheme": "shards", "num_clients": 4, "shard_size": 40, "shards_per_client": 2,
+                  "val_fraction": 0.25},
+    "local": {"lr": 0.05, "epochs": 1},
+    "simulation": {"num_cpus": 1},
+}
+
+
+def merged(base: dict, changes: dict) -> dict:
+    """`base` with `changes` laid over it: a section given as a dict changes only the keys it names."""
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+@pytest.fixture
+def tiny_config():
+    """The tiny federated experiment as a plain dict: tiny_config(rounds=4, partition={"num_clients": 6}, ...)."""
+
+    def make(**changes) -> dict:
+        return merged(TINY_CONFIG, changes)
+
+    return make
+
+
+@pytest.fixture
+def run_files():
+    """Every result file of a run directory, with the wall-clock fields removed: run_files(out) -> dict.
+
+    Two runs that must give the same results (resumed or whole, one actor or two, `flwr run` or
+    `fedlottery run`) differ only in how long they took; compare these instead of the bytes."""
+
+    def read(out: Path) -> dict:
+        with (out / "rounds.csv").open() as f:
+            rounds = [{k: v for k, v in row.items() if k not in ("wall_s", "eval_wall_s")}
+                      for row in csv.DictReader(f)]
+        summary = json.loads((out / "summary.json").read_text())
+        for s in summary["strategies"].values():
+            s.pop("wall_s")
+        return {"rounds.csv": rounds, "clients.csv": (out / "clients.csv").read_text(), "summary.json": summary}
+
+    return read
+
+
+@pytest.fixture(scope="module")
+def module_cache_dir(tmp_path_factory):
+    """$FEDLOTTERY_CACHE in a temporary directory shared by one module's tests (they may reuse each other's
+    partition caches, but never read or fill ~/.cache); a module opts in with pytest.mark.usefixtures."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("cache")
+        mp.setenv("FEDLOTTERY_CACHE", str(path))
+        yield path

@@ -352,6 +352,7 @@ def test_results_without_overwrite(tmp_path, out, capsys):
             f"--out {out}: already holds results (rounds.csv, clients.csv, summary.json)", "pass --overwrite")
 
 
+@pytest.mark.slow
 def test_overwrite_with_a_bad_data_root_keeps_the_earlier_run(tmp_path, capsys):
     """A real run's results, then --overwrite with a typo in the data root: exit 2, the files byte-identical."""
     out = tmp_path / "run"

@@ -5,7 +5,6 @@ this process, each client with its own Flower Context and the on-disk client-sta
 stored and reloaded between rounds is exactly what a simulation does, without Ray.
 """
 import copy
-import inspect
 import json
 import math
 import uuid
@@ -15,7 +14,6 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 import fedlottery.runtime.client_app as client_app
-import fedlottery.runtime.server_app as server_app
 from fedlottery.aggregation import ClientWeights
 from fedlottery.runs.client_state import DirectoryStore
 from fedlottery.comm import encode_tensor, pack_state
@@ -27,16 +25,6 @@ from strategies import get_strategy, options_for
 from strategies.base import Reply, ServerSetup
 from strategies.fedbn import FedBNOptions, FedBNStrategy
 from strategies.local import LocalStrategy
-
-# The ClientApp / ServerApp changes these strategies need (see each strategy's module): until they are in,
-# the tests that go through them are skipped, and the rest still run.
-CLIENT_APP_READY = ("personal_set" in inspect.getsource(client_app)
-                    and "update.upload" in inspect.getsource(client_app))
-SERVER_APP_READY = "communicates" in inspect.getsource(server_app._train_round)
-needs_client_app = pytest.mark.skipif(not CLIENT_APP_READY, reason="needs the ClientApp to ask personal_tensors "
-                                      "and to send ClientUpdate.upload")
-needs_server_app = pytest.mark.skipif(not SERVER_APP_READY, reason="needs the ServerApp meter to honour "
-                                      "FederatedStrategy.communicates")
 
 
 def small_config(strategies=("fedavg",), **overrides) -> FederatedConfig:
@@ -239,7 +227,6 @@ def test_local_moves_no_model_either_way_and_never_aggregates(make_setup, flower
     assert all(torch.equal(strategy.global_state[n], setup.theta0[n]) for n in setup.theta0)  # untouched
 
 
-@needs_client_app
 def test_local_model_persists_and_improves_over_rounds(tmp_path, flower_run, monkeypatch):
     cfg = small_config(["local"], evaluation={"deployed": True})
     fed = Federation(tmp_path, "local", cfg)
@@ -282,8 +269,6 @@ def test_local_model_persists_and_improves_over_rounds(tmp_path, flower_run, mon
 
 # ---- all three, for real -------------------------------------------------------------------------------------
 @pytest.mark.slow
-@needs_client_app
-@needs_server_app
 def test_fedbn_local_fedpm_and_fedselect_run_in_a_real_simulation(tmp_path):
     from fedlottery.runs.results import read_csv
     from fedlottery.runtime.simulation import run_federated

@@ -151,6 +151,7 @@ def test_empty_truncated_corrupt_and_foreign_checkpoints_are_one_line_errors(tmp
         assert "\n" not in str(err.value) and "--overwrite" in str(err.value), name
 
 
+@pytest.mark.slow
 def test_resume_on_a_crafted_checkpoint_is_exit_2_and_one_line(tmp_path):
     marker = tmp_path / "ran"
     out = tmp_path / "out"

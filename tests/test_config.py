@@ -1,12 +1,15 @@
 """Config loading: unknown keys, wrong types and impossible values fail up front, naming the key."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from fedlottery.config import (ConfigError, FederatedConfig, ImpConfig, from_dict, load_imp_config, load_yaml,
                                set_dotted)
 from fedlottery.runtime.experiment import check_imp_experiment, experiment_from_dict, load_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_are_valid():
@@ -15,9 +18,15 @@ def test_defaults_are_valid():
 
 
 def test_shipped_configs_load():
-    for path in ("configs/imp_digits.yaml", "configs/imp_lenet_mnist.yaml"):
-        cfg = load_imp_config(path)
-        assert cfg.pruning.levels > 0
+    """Every file in configs/ loads, so none rots unnoticed: imp_*.yaml as IMP configs, the rest as federated
+    experiments with every check the command line makes before it starts."""
+    paths = sorted((ROOT / "configs").glob("*.y*ml"))
+    assert {p.name for p in paths} >= {"default.yaml", "imp_digits.yaml", "table2_mnist.yaml"}
+    for path in paths:
+        if path.name.startswith("imp_"):
+            assert load_imp_config(path).pruning.levels > 0, path.name
+        else:
+            load_experiment(str(path))
     assert load_imp_config("configs/imp_lenet_mnist.yaml").pruning.output_rate == 0.1
 
 

@@ -28,6 +28,7 @@ from fedlottery.data import (
     resolve_data_root,
     train_val_split,
 )
+from fedlottery.data import cifar, idx
 from fedlottery.data import datasets as ds
 
 REAL_ROOT = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -78,7 +79,7 @@ def make_idx_set(root: pathlib.Path, folder: str = "MNIST", gz: bool = True, n_t
         "x_test": rng.integers(0, 256, size=(n_test, 6, 5), dtype=np.uint8),
         "y_test": (np.arange(n_test) % 10).astype(np.uint8),
     }
-    for key, stem in ds._IDX_FILES.items():
+    for key, stem in idx._IDX_FILES.items():
         write_idx(raw / stem, arrays[key], gz=gz)
     return arrays
 
@@ -101,7 +102,7 @@ def make_cifar_zip(root: pathlib.Path, classes=(0, 3, 9), per_class: dict[str, i
     for split, n in per_class.items():
         for label in classes:
             for i in range(n):
-                name = f"cifar10-jpeg/{split}/{ds.CIFAR10_CLASSES[label]}/{i:04d}.jpg"
+                name = f"cifar10-jpeg/{split}/{cifar.CIFAR10_CLASSES[label]}/{i:04d}.jpg"
                 members.append((name, jpeg_bytes(colour(label, i, split))))
     members.reverse()
     path = root / "cifar10-jpeg.zip"
@@ -135,8 +136,8 @@ def make_cifar_batches(root: pathlib.Path, n_per_batch: int = 2, protocol: int =
 
 
 def cifar_normalise(x_uint8: np.ndarray) -> torch.Tensor:
-    mean = torch.tensor(ds._CIFAR_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(ds._CIFAR_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(cifar._CIFAR_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(cifar._CIFAR_STD).view(1, 3, 1, 1)
     return (torch.from_numpy(x_uint8).float() / 255 - mean) / std
 
 
@@ -228,7 +229,7 @@ def test_digits_ignores_root(tmp_path):
 def test_idx_set_parses_and_normalises(tmp_path, name, folder, gz):
     arrays = make_idx_set(tmp_path, folder=folder, gz=gz)
     d = load_dataset(name, root=tmp_path)
-    _, mean, std = ds._IDX_SETS[name]
+    _, mean, std = idx.IDX_SETS[name]
     assert d.name == name and d.num_classes == 10 and d.input_shape == (1, 6, 5)
     assert d.x_train.shape == (12, 1, 6, 5) and d.x_test.shape == (5, 1, 6, 5)
     expected = (torch.from_numpy(arrays["x_train"]).float() / 255 - mean) / std
@@ -239,8 +240,8 @@ def test_idx_set_parses_and_normalises(tmp_path, name, folder, gz):
 
 
 def test_idx_usual_constants():
-    assert ds._IDX_SETS["mnist"][1:] == (0.1307, 0.3081)
-    assert ds._IDX_SETS["fashion_mnist"][1:] == (0.2860, 0.3530)
+    assert idx.IDX_SETS["mnist"][1:] == (0.1307, 0.3081)
+    assert idx.IDX_SETS["fashion_mnist"][1:] == (0.2860, 0.3530)
 
 
 def test_idx_missing_file_lists_paths(tmp_path):
@@ -292,9 +293,9 @@ def test_truncated_gzip_is_a_data_corrupt_error(tmp_path):
 def test_read_idx_checks_label_magic(tmp_path):
     path = write_idx(tmp_path / "labels", np.zeros((3, 2), dtype=np.uint8), gz=False)  # 2-D: magic 2050
     with pytest.raises(ValueError, match="magic"):
-        ds._read_idx(path, 2049)
+        idx._read_idx(path, 2049)
     ok = write_idx(tmp_path / "labels1", np.arange(4, dtype=np.uint8), gz=False)
-    assert ds._read_idx(ok, 2049).tolist() == [0, 1, 2, 3]
+    assert idx._read_idx(ok, 2049).tolist() == [0, 1, 2, 3]
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,7 +322,7 @@ def test_cifar_zip_decodes_sorted_and_caches(tmp_path, monkeypatch):
     def no_decode(path):
         raise AssertionError("decoded although a valid cache exists")
 
-    monkeypatch.setattr(ds, "_decode_cifar_zip", no_decode)
+    monkeypatch.setattr(cifar, "_decode_cifar_zip", no_decode)
     cached = load_dataset("cifar10", root=root)
     assert torch.equal(cached.x_train, d.x_train) and torch.equal(cached.y_test, d.y_test)
 

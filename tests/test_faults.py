@@ -24,19 +24,15 @@ def test_probability_zero_never_and_one_always_injects():
 
 
 @pytest.mark.slow
-def test_injected_faults_are_counted_exactly_and_the_run_completes(tmp_path):
-    cfg = from_dict(FederatedConfig, {
+def test_injected_faults_are_counted_exactly_and_the_run_completes(tmp_path, tiny_config):
+    cfg = from_dict(FederatedConfig, tiny_config(
         # seed 3: under the paired fault draws (seed, round, partition, kind) its faults include every cause below
-        "seed": 3, "strategies": ["fedavg", "lotteryfl"], "rounds": 4, "clients_per_round": 4,
-        "data": {"dataset": "digits"}, "model": {"name": "mlp_digits"},
-        "partition": {"scheme": "shards", "num_clients": 6, "shard_size": 30, "shards_per_client": 2,
-                      "val_fraction": 0.25},
-        "local": {"lr": 0.05, "epochs": 1},
-        "evaluation": {"every": 2},
-        "faults": {"train_crash": 0.1, "late": 0.1, "corrupt": 0.1, "nan": 0.1, "lie_examples": 0.1,
-                   "eval_crash": 0.3},
-        "simulation": {"num_cpus": 1, "round_timeout": 8.0},
-    })
+        seed=3, strategies=["fedavg", "lotteryfl"], rounds=4, clients_per_round=4,
+        partition={"num_clients": 6, "shard_size": 30},
+        evaluation={"every": 2},
+        faults={"train_crash": 0.1, "late": 0.1, "corrupt": 0.1, "nan": 0.1, "lie_examples": 0.1, "eval_crash": 0.3},
+        simulation={"round_timeout": 8.0},
+    ))
     run_federated(cfg, tmp_path, log=lambda _: None)
     rows = read_csv(tmp_path / "rounds.csv")
     summary = read_json(tmp_path / "summary.json")

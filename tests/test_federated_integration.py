@@ -10,28 +10,20 @@ from fedlottery.runtime.server_app import ROUND_COLUMNS
 from fedlottery.runtime.simulation import run_federated
 
 
-def _config():
-    return from_dict(FederatedConfig, {
-        "seed": 1,
-        "strategies": ["lotteryfl", "fedavg"],
-        "rounds": 2,
-        "clients_per_round": 2,
-        "data": {"dataset": "digits"},
-        "model": {"name": "mlp_digits"},
-        "partition": {"scheme": "shards", "num_clients": 4, "shard_size": 40, "shards_per_client": 2,
-                      "val_fraction": 0.25},
-        "local": {"lr": 0.05, "epochs": 2},
+def _config(tiny_config):
+    return from_dict(FederatedConfig, tiny_config(
+        strategies=["lotteryfl", "fedavg"],
+        local={"epochs": 2},
         # threshold 0 opens the gate at once, so round 1 prunes and round 2 must ship no mask at all
-        "strategy_options": {"lotteryfl": {"acc_threshold": 0.0, "prune_rate": 0.5, "target_density": 0.5}},
+        strategy_options={"lotteryfl": {"acc_threshold": 0.0, "prune_rate": 0.5, "target_density": 0.5}},
         # round 1 tests a seeded sample of 2 clients, the last round every client
-        "evaluation": {"deployed": True, "finetune_epochs": 1, "sample": 2},
-        "simulation": {"num_cpus": 1},
-    })
+        evaluation={"deployed": True, "finetune_epochs": 1, "sample": 2},
+    ))
 
 
 @pytest.mark.slow
-def test_simulation_runs_lotteryfl_and_fedavg(tmp_path):
-    summary = run_federated(_config(), tmp_path, log=lambda _: None)
+def test_simulation_runs_lotteryfl_and_fedavg(tmp_path, tiny_config):
+    summary = run_federated(_config(tiny_config), tmp_path, log=lambda _: None)
     rows = read_csv(tmp_path / "rounds.csv")
     assert list(rows[0]) == ROUND_COLUMNS
     assert [(r["strategy"], r["round"]) for r in rows] == [
@@ -65,12 +57,12 @@ def test_simulation_runs_lotteryfl_and_fedavg(tmp_path):
         assert (tmp_path / png).stat().st_size > 1000
 
 
-def test_unreachable_ray_cluster_fails_fast_with_a_clear_error(tmp_path):
+def test_unreachable_ray_cluster_fails_fast_with_a_clear_error(tmp_path, tiny_config):
     import ray
 
     if ray.is_initialized():
         pytest.skip("a Ray runtime is already up in this process")
-    cfg = _config()
+    cfg = _config(tiny_config)
     cfg.simulation.ray_address = "127.0.0.1:1"  # an explicit address where nothing listens
     with pytest.raises(RuntimeError, match="cannot reach the Ray cluster"):
         run_federated(cfg, tmp_path, log=lambda _: None)
@@ -100,7 +92,7 @@ def _message_bytes(message) -> int:
 
 
 @pytest.mark.slow
-def test_every_strategy_runs_and_the_meter_equals_the_bytes_really_sent(tmp_path, monkeypatch):
+def test_every_strategy_runs_and_the_meter_equals_the_bytes_really_sent(tmp_path, monkeypatch, tiny_config):
     from fedlottery.runtime import server_app
     from strategies import available
 
@@ -112,7 +104,7 @@ def test_every_strategy_runs_and_the_meter_equals_the_bytes_really_sent(tmp_path
         return real_run(recorded[-1], *args, **kwargs)
 
     monkeypatch.setattr(server_app, "run_experiment", recording_run)
-    cfg = _config()
+    cfg = _config(tiny_config)
     cfg.strategies = list(available())[:7]
     cfg.rounds = 3  # FLASH hunts in round 1
     cfg.evaluation.every = 2

@@ -42,12 +42,8 @@ def synthetic(n_train: int = 1000, n_test: int = 200, num_classes: int = 10, see
 DATA = synthetic()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _partition_cache(tmp_path_factory):
-    """The partition cache of this module's tests lives in a temporary directory, not in ~/.cache."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FEDLOTTERY_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
+# The partition cache of this module's tests lives in a temporary directory, not in ~/.cache.
+pytestmark = pytest.mark.usefixtures("module_cache_dir")
 
 
 def shares(splits: list[ClientSplit]) -> list[np.ndarray]:

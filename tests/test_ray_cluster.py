@@ -41,20 +41,9 @@ START_TIMEOUT_S = 60.0
 STOP_GRACE_S = 3.0
 
 
-def _config(**simulation) -> FederatedConfig:
-    """tests/test_federated_integration.py's tiny experiment, one strategy: digits, mlp_digits, 4 clients, 2 rounds."""
-    return from_dict(FederatedConfig, {
-        "seed": 1,
-        "strategies": ["lotteryfl"],
-        "rounds": 2,
-        "clients_per_round": 2,
-        "data": {"dataset": "digits"},
-        "model": {"name": "mlp_digits"},
-        "partition": {"scheme": "shards", "num_clients": 4, "shard_size": 40, "shards_per_client": 2,
-                      "val_fraction": 0.25},
-        "local": {"lr": 0.05, "epochs": 1},
-        "simulation": {"num_cpus": 1, **simulation},
-    })
+def _config(tiny_config, **simulation) -> FederatedConfig:
+    """The tiny experiment (conftest's tiny_config) with LotteryFL and these simulation settings."""
+    return from_dict(FederatedConfig, tiny_config(strategies=["lotteryfl"], simulation=simulation))
 
 
 # ---- a two-node cluster from `ray start`, torn down by session id -----------------------------------------------
@@ -208,11 +197,11 @@ def _client_calls_per_node(address: str, wait_s: float = 15.0) -> tuple[dict[str
 
 
 @pytest.mark.slow
-def test_a_run_attached_to_a_two_node_cluster_runs_clients_on_both_nodes(two_node_cluster, tmp_path):
+def test_a_run_attached_to_a_two_node_cluster_runs_clients_on_both_nodes(two_node_cluster, tmp_path, tiny_config):
     from fedlottery.runs.results import read_csv
     from fedlottery.runtime.simulation import run_federated
 
-    cfg = _config(ray_address=two_node_cluster.address)
+    cfg = _config(tiny_config, ray_address=two_node_cluster.address)
     summary = run_federated(cfg, tmp_path, log=lambda _: None)
 
     rows = read_csv(tmp_path / "rounds.csv")
@@ -269,9 +258,9 @@ def cuda(monkeypatch):
     ("cuda:0", 1.0, 1, "cuda:0"),  # was the CPU before: only the bare "cuda" counted
     ("cuda:1", 2.0, 2, "cuda:1"),
 ])
-def test_device_for_picks_the_gpu_ray_gave_the_actor(cuda, device, num_gpus, visible, expected):
+def test_device_for_picks_the_gpu_ray_gave_the_actor(cuda, device, num_gpus, visible, expected, tiny_config):
     cuda(visible)
-    assert client_app.device_for(_config(device=device, num_gpus=num_gpus)) == torch.device(expected)
+    assert client_app.device_for(_config(tiny_config, device=device, num_gpus=num_gpus)) == torch.device(expected)
 
 
 @pytest.mark.parametrize("device, num_gpus, visible", [
@@ -279,34 +268,36 @@ def test_device_for_picks_the_gpu_ray_gave_the_actor(cuda, device, num_gpus, vis
     ("cuda", 1.0, 0),
     ("cuda:1", 1.0, 1),  # the actor sees its one GPU as cuda:0
 ])
-def test_device_for_refuses_a_gpu_it_cannot_see_instead_of_training_on_the_cpu(cuda, device, num_gpus, visible):
+def test_device_for_refuses_a_gpu_it_cannot_see_instead_of_training_on_the_cpu(cuda, device, num_gpus, visible,
+                                                                                  tiny_config):
     cuda(visible)
     with pytest.raises(RuntimeError, match=rf"sees {visible} CUDA GPU\(s\).*numbers an actor's GPUs from cuda:0"):
-        client_app.device_for(_config(device=device, num_gpus=num_gpus))
+        client_app.device_for(_config(tiny_config, device=device, num_gpus=num_gpus))
 
 
-def test_a_gpu_index_no_client_actor_can_see_is_refused_up_front(monkeypatch):
+def test_a_gpu_index_no_client_actor_can_see_is_refused_up_front(monkeypatch, tiny_config):
     monkeypatch.setattr("fedlottery.runtime.ray_runtime.cuda_gpus", lambda: 2)
     monkeypatch.setattr("fedlottery.runtime.ray_runtime.machine_cpus", lambda: 4)
     monkeypatch.delenv("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES", raising=False)
-    check_resources(_config(device="cuda:1", num_gpus=2))  # two GPUs per actor: cuda:0 and cuda:1
-    for cfg in (_config(device="cuda:1", num_gpus=1), _config(device="cuda:1", num_gpus=0.5),
-                _config(device="cuda:1", num_gpus=1, ray_address="10.0.0.1:6379")):  # a cluster: the same rule
+    check_resources(_config(tiny_config, device="cuda:1", num_gpus=2))  # two GPUs per actor: cuda:0 and cuda:1
+    for cfg in (_config(tiny_config, device="cuda:1", num_gpus=1), _config(tiny_config, device="cuda:1", num_gpus=0.5),
+                _config(tiny_config, device="cuda:1", num_gpus=1,
+                        ray_address="10.0.0.1:6379")):  # a cluster: the same rule
         with pytest.raises(ConfigError, match=r"simulation.device: 'cuda:1', but Ray shows each client actor only "
                                               r"the 1 GPU\(s\) it assigns it .*use device: cuda"):
             check_resources(cfg)
     monkeypatch.setenv("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES", "1")  # Ray leaves every GPU visible
-    check_resources(_config(device="cuda:1", num_gpus=1))
+    check_resources(_config(tiny_config, device="cuda:1", num_gpus=1))
 
 
-def test_client_data_moves_every_split_to_the_device():
-    config_json = json.dumps(to_dict(_config()))
+def test_client_data_moves_every_split_to_the_device(tiny_config):
+    config_json = json.dumps(to_dict(_config(tiny_config)))
     data = client_app.client_data(config_json, 2, torch.device("meta"))
     for x, y in (data.train, data.val, data.test):
         assert x.device.type == "meta" and y.device.type == "meta" and len(y) > 0
 
 
-def test_a_client_given_a_device_trains_and_evaluates_everything_on_it(monkeypatch, tmp_path, flower_run):
+def test_a_client_given_a_device_trains_and_evaluates_everything_on_it(monkeypatch, tmp_path, flower_run, tiny_config):
     """The real ClientApp handler with device_for -> "meta" (a stand-in for cuda on a machine without one): the
     model, theta_0 and all data the strategy's client procedure and the evaluation receive are on that device."""
     from flwr.app import ConfigRecord, Context, RecordDict
@@ -316,7 +307,7 @@ def test_a_client_given_a_device_trains_and_evaluates_everything_on_it(monkeypat
     from strategies import get_strategy, options_for
     from strategies.base import ServerSetup
 
-    cfg = _config()
+    cfg = _config(tiny_config)
     config_json = json.dumps(to_dict(cfg))
     dataset = load_dataset(cfg.data)
     splits = make_partitions(dataset, cfg.partition, cfg.seed)

@@ -1,7 +1,6 @@
 """A real federated run killed with SIGKILL after round k, resumed with `--resume`, gives the same result
 files as an uninterrupted run (wall times aside); and the same seed gives the same bytes whatever the number
 of client actors."""
-import csv
 import json
 import os
 import signal
@@ -16,17 +15,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _config(tmp_path: Path, actors: int = 2) -> Path:
-    cfg = {
-        "seed": 3, "strategies": ["lotteryfl", "fedavg"], "rounds": 4, "clients_per_round": 3,
-        "data": {"dataset": "digits"}, "model": {"name": "cnn_digits_bn"},
-        "partition": {"scheme": "shards", "num_clients": 6, "shard_size": 30, "shards_per_client": 2,
-                      "val_fraction": 0.25},
-        "local": {"lr": 0.05, "epochs": 1},
-        "strategy_options": {"lotteryfl": {"acc_threshold": 0.0, "prune_rate": 0.3, "target_density": 0.3}},
-        "evaluation": {"every": 2, "deployed": True},
-        "simulation": {"num_cpus": 1, "actors": actors},
-    }
+def _config(tiny_config, tmp_path: Path, actors: int = 2) -> Path:
+    cfg = tiny_config(
+        seed=3, strategies=["lotteryfl", "fedavg"], rounds=4, clients_per_round=3, model={"name": "cnn_digits_bn"},
+        partition={"num_clients": 6, "shard_size": 30},
+        strategy_options={"lotteryfl": {"acc_threshold": 0.0, "prune_rate": 0.3, "target_density": 0.3}},
+        evaluation={"every": 2, "deployed": True},
+        simulation={"actors": actors},
+    )
     path = tmp_path / f"config_{actors}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -45,24 +41,14 @@ def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
     return out
 
 
-def _without_wall_times(out: Path) -> dict:
-    """Every result file, with the wall-clock fields removed."""
-    with (out / "rounds.csv").open() as f:
-        rounds = [{k: v for k, v in row.items() if k not in ("wall_s", "eval_wall_s")} for row in csv.DictReader(f)]
-    summary = json.loads((out / "summary.json").read_text())
-    for s in summary["strategies"].values():
-        s.pop("wall_s")
-    return {"rounds.csv": rounds, "clients.csv": (out / "clients.csv").read_text(), "summary.json": summary}
-
-
 def _rows(out: Path) -> int:
     path = out / "rounds.csv"
     return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
 
 
 @pytest.mark.slow
-def test_a_run_killed_after_round_k_resumes_to_the_same_files(tmp_path):
-    config = _config(tmp_path)
+def test_a_run_killed_after_round_k_resumes_to_the_same_files(tmp_path, tiny_config, run_files):
+    config = _config(tiny_config, tmp_path)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     _finish(_fedlottery("run", str(config), "--out", str(whole)))
     proc = _fedlottery("run", str(config), "--out", str(killed))
@@ -75,16 +61,16 @@ def test_a_run_killed_after_round_k_resumes_to_the_same_files(tmp_path):
     partial = json.loads((killed / "summary.json").read_text()) if (killed / "summary.json").exists() else {}
     assert "fedavg" not in partial.get("strategies", {})  # killed inside the second strategy
     _finish(_fedlottery("run", str(config), "--out", str(killed), "--resume"))
-    assert _without_wall_times(killed) == _without_wall_times(whole)
+    assert run_files(killed) == run_files(whole)
 
 
 @pytest.mark.slow
-def test_one_and_two_actors_give_the_same_bytes(tmp_path):
+def test_one_and_two_actors_give_the_same_bytes(tmp_path, tiny_config, run_files):
     outs = []
     for actors in (1, 2):
         out = tmp_path / f"actors{actors}"
-        _finish(_fedlottery("run", str(_config(tmp_path, actors)), "--out", str(out)))
-        outs.append(_without_wall_times(out))
+        _finish(_fedlottery("run", str(_config(tiny_config, tmp_path, actors)), "--out", str(out)))
+        outs.append(run_files(out))
     outs[0]["summary.json"]["config"]["simulation"].pop("actors")
     outs[1]["summary.json"]["config"]["simulation"].pop("actors")
     assert outs[0] == outs[1]
@@ -104,10 +90,10 @@ def _actor_pids(marker: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_lost_ray_worker_stops_the_run_and_resume_gives_the_same_files(tmp_path):
+def test_a_lost_ray_worker_stops_the_run_and_resume_gives_the_same_files(tmp_path, tiny_config, run_files):
     """An actor killed mid-run (as Ray's OOM killer does) must not leave the run going on with clients silently
     missing: it stops with exit 2 before using that round, and --resume gives the uninterrupted run's files."""
-    config = _config(tmp_path)
+    config = _config(tiny_config, tmp_path)
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     _finish(_fedlottery("run", str(config), "--out", str(whole)))
     marker = f"FEDLOTTERY_TEST_RUN={os.getpid()}-{time.monotonic_ns()}"
@@ -126,4 +112,4 @@ def test_a_lost_ray_worker_stops_the_run_and_resume_gives_the_same_files(tmp_pat
     assert len(error) == 1 and "Ray lost the worker" in error[0] and "--resume" in error[0], out[-3000:]
     assert _rows(broken) < 8  # it stopped: the whole run has 8 rows (2 strategies x 4 rounds)
     _finish(_fedlottery("run", str(config), "--out", str(broken), "--resume"))
-    assert _without_wall_times(broken) == _without_wall_times(whole)
+    assert run_files(broken) == run_files(whole)

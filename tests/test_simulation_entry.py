@@ -3,9 +3,7 @@ fedlottery/runtime/simulation.py) and `flwr run .` (simulations/flwr_run.sh: loc
 process). Plus what a person sees: no foreign warnings, --quiet, the partition table, the ETA; and the Flower
 details the in-process entry relies on (the banner it drops, the ClientApp reference that installs the delivery
 loop in Flower's own simulation process)."""
-import csv
 import inspect
-import json
 import logging
 import os
 import socket
@@ -25,17 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 FOREIGN = ("DEPRECATED FEATURE", "FutureWarning", "Manually terminating", "Traceback", "RAY_ACCEL_ENV_VAR")
 
 
-def _config(tmp_path: Path) -> Path:
-    cfg = {
-        "seed": 5, "strategies": ["lotteryfl", "fedavg"], "rounds": 2, "clients_per_round": 2,
-        "data": {"dataset": "digits"}, "model": {"name": "mlp_digits"},
-        "partition": {"scheme": "shards", "num_clients": 4, "shard_size": 30, "shards_per_client": 2,
-                      "val_fraction": 0.25},
-        "local": {"lr": 0.05, "epochs": 1},
-        "strategy_options": {"lotteryfl": {"acc_threshold": 0.0, "prune_rate": 0.3, "target_density": 0.3}},
-        "evaluation": {"every": 1, "deployed": True},
-        "simulation": {"num_cpus": 1},
-    }
+def _config(tiny_config, tmp_path: Path) -> Path:
+    cfg = tiny_config(
+        seed=5, strategies=["lotteryfl", "fedavg"], partition={"shard_size": 30},
+        strategy_options={"lotteryfl": {"acc_threshold": 0.0, "prune_rate": 0.3, "target_density": 0.3}},
+        evaluation={"every": 1, "deployed": True},
+    )
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -53,19 +46,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _without_wall_times(out: Path) -> dict:
-    with (out / "rounds.csv").open() as f:
-        rounds = [{k: v for k, v in row.items() if k not in ("wall_s", "eval_wall_s")} for row in csv.DictReader(f)]
-    summary = json.loads((out / "summary.json").read_text())
-    for s in summary["strategies"].values():
-        s.pop("wall_s")
-    return {"rounds.csv": rounds, "clients.csv": (out / "clients.csv").read_text(), "summary.json": summary}
-
-
 # ---- end to end --------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_flwr_run_and_fedlottery_run_write_the_same_results(tmp_path):
-    config = _config(tmp_path)
+def test_flwr_run_and_fedlottery_run_write_the_same_results(tmp_path, tiny_config, run_files):
+    config = _config(tiny_config, tmp_path)
     ours, theirs = tmp_path / "fedlottery_run", tmp_path / "flwr_run"
     run = subprocess.run([sys.executable, "-m", "fedlottery.cli", "run", str(config), "--out", str(ours)], cwd=ROOT,
                          env=_env(), capture_output=True, text=True, timeout=600)
@@ -86,13 +70,14 @@ def test_flwr_run_and_fedlottery_run_write_the_same_results(tmp_path):
     assert "message delivery: fedlottery.runtime.delivery" in output, output[-3000:]
     assert "FutureWarning" not in output and "Manually terminating" not in output
 
-    assert _without_wall_times(theirs) == _without_wall_times(ours)
+    assert run_files(theirs) == run_files(ours)
 
 
 @pytest.mark.slow
-def test_quiet_prints_only_the_table(tmp_path):
+def test_quiet_prints_only_the_table(tmp_path, tiny_config):
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "fedlottery.cli", "run", str(_config(tmp_path)), "--out", str(out),
+    config = _config(tiny_config, tmp_path)
+    run = subprocess.run([sys.executable, "-m", "fedlottery.cli", "run", str(config), "--out", str(out),
                           "--rounds", "1", "--quiet"], cwd=ROOT, env=_env(), capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -254,12 +239,12 @@ def test_without_run_simulation_the_command_falls_back_to_flwr_run(monkeypatch, 
     assert chosen.entry == "simulation"  # an explicit choice is kept
 
 
-def test_flwr_entry_passes_the_effective_experiment_and_the_simulation_section(tmp_path, monkeypatch):
+def test_flwr_entry_passes_the_effective_experiment_and_the_simulation_section(tmp_path, monkeypatch, tiny_config):
     from fedlottery.runtime import flwr_entry
     from fedlottery.config import to_dict
     from fedlottery.runtime.experiment import load_experiment
 
-    cfg = load_experiment(str(_config(tmp_path)), rounds=7)
+    cfg = load_experiment(str(_config(tiny_config, tmp_path)), rounds=7)
     cfg.simulation.num_gpus, cfg.simulation.ray_address = 0.25, "10.0.0.1:6379"
     seen = {}
     fake = tmp_path / "flwr_run.sh"
@@ -280,7 +265,7 @@ def test_flwr_entry_passes_the_effective_experiment_and_the_simulation_section(t
     assert to_dict(written) == to_dict(cfg) and written.rounds == 7  # the command line's override included
 
 
-def test_a_failed_flwr_run_is_an_error_with_its_log(tmp_path, monkeypatch, capsys):
+def test_a_failed_flwr_run_is_an_error_with_its_log(tmp_path, monkeypatch, capsys, tiny_config):
     from fedlottery.runtime import flwr_entry
     from fedlottery.runtime.experiment import load_experiment
 
@@ -288,7 +273,7 @@ def test_a_failed_flwr_run_is_an_error_with_its_log(tmp_path, monkeypatch, capsy
     fake.write_text("#!/usr/bin/env bash\necho 'ServerApp raised ValueError: boom'\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setattr(flwr_entry, "SCRIPT", fake)
-    cfg = load_experiment(str(_config(tmp_path)))
+    cfg = load_experiment(str(_config(tiny_config, tmp_path)))
     with pytest.raises(RuntimeError, match="did not complete"):
         flwr_entry.run_with_flwr(cfg, tmp_path / "out", quiet=True)
     assert "ServerApp raised ValueError: boom" in capsys.readouterr().err  # held back, shown on failure

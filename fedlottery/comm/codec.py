@@ -265,6 +265,37 @@ def _assemble(parts, codec: str, vt: _VType, shape: tuple[int, ...]) -> Array:
     return Array(dtype=vt.dtype_name, shape=shape, stype=f"fedlottery.{codec}.{vt.suffix}", data=data)
 
 
+def _value_type(tensor: torch.Tensor, values: str) -> _VType:
+    """How `tensor`'s values travel: floats as `values` asks, integers and bools exactly in their own dtype."""
+    if values not in VALUE_TYPES:
+        raise ValueError(f"unknown value type {values!r}; choose from {VALUE_TYPES}")
+    if tensor.is_complex():
+        raise ValueError("complex tensors are not supported")
+    if tensor.is_floating_point():
+        return _VT_BY_NAME[values]
+    if tensor.dtype in _VT_BY_TORCH:
+        return _VT_BY_NAME[_VT_BY_TORCH[tensor.dtype]]
+    raise ValueError(f"unsupported tensor dtype {tensor.dtype}")
+
+
+def _cheapest(keep: np.ndarray, n: int, count: int, ref: np.ndarray | None) -> _Candidate:
+    """The smallest mask part (header included) among the codecs that can win; ties go to the earlier codec.
+
+    Exact pruning: indices costs >= 1 byte per kept entry, so it cannot beat bitmap at count >= n/8;
+    rice is skipped when a cheap lower bound on its size already reaches bitmap's (ties go to bitmap)."""
+    cache: dict = {}
+    bitmap_total = _header_len("bitmap", n, count) + (n + 7) // 8
+    names = ["bitmap"]
+    if _header_len("rice", n, count) + rice.mask_size_lower_bound(keep) < bitmap_total:
+        names.append("rice")
+    if count < n // 8:
+        names.append("indices")
+    if ref is not None:
+        names.append("delta")
+    cands = [_candidate(name, keep, count, ref, cache) for name in names]
+    return min(cands, key=lambda c: (_header_len(c.codec, n, count) + c.size, CODECS.index(c.codec)))
+
+
 def encode_tensor(
     tensor: torch.Tensor, keep: torch.Tensor | None = None, reference: torch.Tensor | None = None,
     codec: str = "auto", values: str = "float32",
@@ -276,16 +307,7 @@ def encode_tensor(
     bool tensors always travel exactly in their own dtype. Raises ValueError on misuse (unknown codec, a
     codec that needs a reference without one, masks of the wrong size).
     """
-    if values not in VALUE_TYPES:
-        raise ValueError(f"unknown value type {values!r}; choose from {VALUE_TYPES}")
-    if tensor.is_complex():
-        raise ValueError("complex tensors are not supported")
-    if tensor.is_floating_point():
-        vt = _VT_BY_NAME[values]
-    elif tensor.dtype in _VT_BY_TORCH:
-        vt = _VT_BY_NAME[_VT_BY_TORCH[tensor.dtype]]
-    else:
-        raise ValueError(f"unsupported tensor dtype {tensor.dtype}")
+    vt = _value_type(tensor, values)
     shape = tuple(int(s) for s in tensor.shape)
     n = int(tensor.numel())
     flat = _flat_values(tensor, vt)
@@ -307,26 +329,9 @@ def encode_tensor(
         dense = flat if kflat is None or count == n else np.where(kflat, flat, flat.dtype.type(0))
         wire = _to_wire(dense, vt)
         return _assemble((_header("dense", vt, n, n), wire), "dense", vt, shape)
-    if codec == "known":
-        if rflat is None or not np.array_equal(kflat, rflat):
-            raise ValueError("codec 'known' needs a reference mask equal to keep")
-        chosen = _candidate("known", kflat, count, rflat, {})
-    elif codec == "auto":
-        # Exact pruning: indices costs >= 1 byte per kept entry, so it cannot beat bitmap at count >= n/8;
-        # rice is skipped when a cheap lower bound on its size already reaches bitmap's (ties go to bitmap).
-        cache: dict = {}
-        bitmap_total = _header_len("bitmap", n, count) + (n + 7) // 8
-        names = ["bitmap"]
-        if _header_len("rice", n, count) + rice.mask_size_lower_bound(kflat) < bitmap_total:
-            names.append("rice")
-        if count < n // 8:
-            names.append("indices")
-        if rflat is not None:
-            names.append("delta")
-        cands = [_candidate(name, kflat, count, rflat, cache) for name in names]
-        chosen = min(cands, key=lambda c: (_header_len(c.codec, n, count) + c.size, CODECS.index(c.codec)))
-    else:
-        chosen = _candidate(codec, kflat, count, rflat, {})
+    if codec == "known" and (rflat is None or not np.array_equal(kflat, rflat)):
+        raise ValueError("codec 'known' needs a reference mask equal to keep")
+    chosen = _cheapest(kflat, n, count, rflat) if codec == "auto" else _candidate(codec, kflat, count, rflat, {})
 
     mask_part = chosen.write()
     wire = _to_wire(np.compress(kflat, flat) if count < n else flat, vt)  # compress: ~4x faster than flat[kflat]

@@ -31,7 +31,7 @@ import torch
 # PartitionConfig lives in fedlottery.config (the config tree is a leaf of the import graph); re-exported here.
 from fedlottery.config import PartitionConfig
 from fedlottery.data.flwr_partitioners import flwr_partitioner
-from fedlottery.data.datasets import Dataset
+from fedlottery.data.record import Dataset
 from fedlottery.errors import ConfigError
 
 __all__ = ["ClientSplit", "PartitionConfig", "describe", "make_partitions"]
@@ -249,7 +249,7 @@ def _cached_shares(y: np.ndarray, num_classes: int, cfg: PartitionConfig, seed: 
     from importlib import metadata
 
     import fedlottery.data.flwr_partitioners as flwr_partitioners_module
-    from fedlottery.data.datasets import _cache_dir, _write_npz_atomic
+    from fedlottery.data.cache import cache_dir, write_npz_atomic
 
     def version(package: str) -> str:
         try:
@@ -268,7 +268,7 @@ def _cached_shares(y: np.ndarray, num_classes: int, cfg: PartitionConfig, seed: 
     for source in (__file__, flwr_partitioners_module.__file__):  # the code that seeds, builds and reads the partitioner
         digest.update(pathlib.Path(source).read_bytes())
     key = digest.hexdigest()
-    path = _cache_dir() / "partitions" / f"{cfg.scheme}-{cfg.num_clients}-{key[:32]}.npz"
+    path = cache_dir() / "partitions" / f"{cfg.scheme}-{cfg.num_clients}-{key[:32]}.npz"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as npz:
@@ -286,8 +286,8 @@ def _cached_shares(y: np.ndarray, num_classes: int, cfg: PartitionConfig, seed: 
     shares = compute()
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in shares])]).astype(np.int64)
     order = np.concatenate(shares) if shares else np.empty(0, np.int64)
-    _write_npz_atomic(path, {"key": np.array(key), "order": order.astype(np.int32 if len(y) < 2**31 else np.int64),
-                             "offsets": offsets})
+    write_npz_atomic(path, {"key": np.array(key), "order": order.astype(np.int32 if len(y) < 2**31 else np.int64),
+                            "offsets": offsets})
     return shares
 
 

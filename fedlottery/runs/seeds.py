@@ -140,6 +140,17 @@ def seed_plots(out: Path) -> list[Path]:
     names = list(dict.fromkeys(r["strategy"] for r in rounds))
     colours = {name: plt.get_cmap("tab20")(i % 20) for i, name in enumerate(names)}
     paths = [out / "accuracy_vs_round_seeds.png", out / "frontier_seeds.png", out / "client_accuracy_seeds.png"]
+    title = out.name + sampled_note(next(iter(runs.values()), {}).get("config", {}))
+    _plot_rounds(rounds, names, colours, title, paths[0])
+    _plot_frontier(runs, names, colours, out.name, paths[1])
+    _plot_clients(clients, names, out.name, paths[2])
+    return paths
+
+
+def _plot_rounds(rounds: list[dict], names: list[str], colours: dict, title: str, path: Path) -> None:
+    """Personalised accuracy against round: each method's mean over seeds, with a ± std band."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name in names:
         by_round: dict[int, list[float]] = {}
@@ -152,10 +163,15 @@ def seed_plots(out: Path) -> list[Path]:
         ax.plot(xs, means, marker="o", color=colours[name], label=name)
         ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                         color=colours[name], alpha=0.2)
-    ax.set(xlabel="round", ylabel="personalised accuracy (%), mean ± std over seeds",
-           title=out.name + sampled_note(next(iter(runs.values()), {}).get("config", {})))
+    ax.set(xlabel="round", ylabel="personalised accuracy (%), mean ± std over seeds", title=title)
     ax.xaxis.get_major_locator().set_params(integer=True)
-    _finish(fig, ax, paths[0])
+    _finish(fig, ax, path)
+
+
+def _plot_frontier(runs: dict[int, dict], names: list[str], colours: dict, run_name: str, path: Path) -> None:
+    """Final accuracy against MiB up + down, mean ± std both ways: filled as sent, hollow after fine-tuning."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name in names:
         accs = [100 * s["strategies"][name]["personalized_acc_final"] for s in runs.values()
@@ -173,18 +189,23 @@ def seed_plots(out: Path) -> list[Path]:
             ax.errorbar([mm], [tm], xerr=[msd], yerr=[tsd], fmt="o", mfc="none", capsize=4, color=colours[name])
     ax.set(xlabel="MiB communicated (up + down), mean ± std",
            ylabel="final personalised accuracy (%)\n(filled: as sent; hollow: fine-tuned)",
-           title=f"{out.name}: accuracy against communication")
-    _finish(fig, ax, paths[1])
+           title=f"{run_name}: accuracy against communication")
+    _finish(fig, ax, path)
+
+
+def _plot_clients(clients: list[dict], names: list[str], run_name: str, path: Path) -> None:
+    """The per-client distribution of final personalised accuracy, every seed's clients pooled, one box a method."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     data = [[100 * r["final_acc"] for r in clients if r["strategy"] == name and r["final_acc"] is not None]
             for name in names]
     ax.boxplot(data, tick_labels=names)
-    ax.set(ylabel="final personalised accuracy per client (%), all seeds", title=f"{out.name}: clients")
+    ax.set(ylabel="final personalised accuracy per client (%), all seeds", title=f"{run_name}: clients")
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    fig.savefig(paths[2], dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return paths
 
 
 def _finish(fig, ax, path: Path) -> None:
