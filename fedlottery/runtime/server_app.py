@@ -10,7 +10,6 @@ import json
 import math
 import random
 import re
-import shutil
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -44,8 +43,9 @@ ROUND_COLUMNS = [
     "pruned_clients", "failed_train_clients", "failed_eval_clients", "wall_s", "eval_wall_s",
 ]
 CLIENT_COLUMNS = ["strategy", "seed", "partition_id", "final_acc", "best_acc", "density"]
-RESULT_FILES = ("rounds.csv", "clients.csv", "summary.json", "failures.log", CHECKPOINT_FILE)
 CLIENT_STATE_DIR = "client_state"
+# what a run writes into its directory; the command line refuses to replace any of it without --overwrite
+RESULT_FILES = ("rounds.csv", "clients.csv", "summary.json", "failures.log", CHECKPOINT_FILE, CLIENT_STATE_DIR)
 _RAY_EXCEPTION = re.compile(r"ray\.exceptions\.(\w+)")  # in the reason of a reply whose worker Ray lost
 _CLASS_PREFIX = re.compile(r"^<?class '[\w.]+'>:<'?")  # Flower's "<class 'X'>:<'message'>" wrapping
 EVAL_CHUNK = 500  # clients per evaluation batch: bounds the driver's memory whatever the population
@@ -172,7 +172,7 @@ def _prepare(grid, cfg: FederatedConfig, out_dir: Path, log, client_state: str, 
     template = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, cfg.model.init)
     state_dir = str((out_dir / CLIENT_STATE_DIR).resolve()) if client_state == "directory" else ""
     if checkpoint is None and state_dir:
-        shutil.rmtree(state_dir, ignore_errors=True)  # a fresh run: no client state from an earlier one
+        _refuse_earlier_client_state(Path(state_dir))
     node_of = discover_clients(grid, cfg, state_dir)
     setup = dict(theta0=clone_state(template), prunable=prunable_names(template), node_of=node_of,
                  clients_per_round=cfg.clients_per_round, seed=cfg.seed, local=cfg.local,
@@ -184,6 +184,14 @@ def _prepare(grid, cfg: FederatedConfig, out_dir: Path, log, client_state: str, 
         progress.skip(checkpoint["strategy_index"] * cfg.rounds + checkpoint["round"])
     return Experiment(cfg, out_dir, dataset, template, setup, CsvLog(out_dir / "rounds.csv", ROUND_COLUMNS),
                       CsvLog(out_dir / "clients.csv", CLIENT_COLUMNS), progress)
+
+
+def _refuse_earlier_client_state(state_dir: Path) -> None:
+    """A fresh run must not start on an earlier run's client state, and must not delete it either: only the
+    command line's --overwrite removes results (once the run is known to start)."""
+    if state_dir.is_dir() and any(state_dir.iterdir()):
+        raise ConfigError(f"{state_dir} holds client state from an earlier run; pass --overwrite to replace that "
+                          "run, --resume to go on with it, or give another --out")
 
 
 def _checkpoint(exp: Experiment, index: int, rnd: int, strategy: FederatedStrategy | None, run, summary) -> None:
