@@ -10,7 +10,6 @@ cached per process (Ray actors live long).
 from __future__ import annotations
 
 import copy
-import time
 import zlib
 
 import torch
@@ -27,7 +26,7 @@ from fedlottery.runs.client_state import (
 )
 from fedlottery.comm import CodecError, pack_state, unpack_state
 from fedlottery.config import FederatedConfig
-from fedlottery.runtime.faults import EVAL_FAULTS, TRAIN_FAULTS, InjectedFault, faults_of
+from fedlottery.runtime.faults import EVAL_FAULTS, TRAIN_FAULTS, InjectedFault, faults_of, mark_late, slow_down
 from fedlottery.models import build_model
 from fedlottery.runtime.shared_evaluation import evaluate_shared
 from fedlottery.sparsity import Mask
@@ -148,7 +147,8 @@ def _handle(message: Message, context: Context, training: bool) -> Message:
                "mask-changed": float(update.mask != mask), **update.metrics}
     reply = Message(RecordDict({"model": arrays, "metrics": MetricRecord(metrics)}), reply_to=message)
     if "late" in faults:
-        time.sleep(cfg.simulation.round_timeout + 1.0)  # past the round's deadline: the server has moved on
+        mark_late(reply)  # past the round's deadline in simulated time: the server treats it as never arrived
+    slow_down(pid)  # a test hook (unset normally): a slow actor must not change the results
     return reply
 
 
