@@ -105,3 +105,22 @@ def test_a_client_that_cannot_write_its_state_stops_the_run(flower_run):
         server_app._send(Grid(), [ask], 10.0, 2, "training", None, server_app.StrategyRun("fedavg"))
     assert err.value.errno == errno.ENOSPC and "could not write its state" in str(err.value)
     assert not isinstance(err.value, ResultsWriteError)  # run_experiment turns it into the one line
+
+
+def test_run_experiment_turns_a_failed_write_into_the_one_line(tmp_path, monkeypatch):
+    from fedlottery.runtime import server_app
+
+    def fails(*args):
+        raise OSError(errno.EACCES, "Permission denied", str(tmp_path / "summary.json"))
+
+    monkeypatch.setattr(server_app, "_run_experiment", fails)
+    with pytest.raises(ResultsWriteError, match="Permission denied .*nothing to resume"):
+        server_app.run_experiment(None, None, tmp_path)
+
+    def bug(*args):
+        raise OSError(errno.ECONNREFUSED, "Connection refused")  # not a write: stays what it is
+
+    monkeypatch.setattr(server_app, "_run_experiment", bug)
+    with pytest.raises(OSError) as err:
+        server_app.run_experiment(None, None, tmp_path)
+    assert not isinstance(err.value, ResultsWriteError)
