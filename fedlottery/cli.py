@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from fedlottery.errors import ConfigError, UserError
+from fedlottery.runs.lock import check_unlocked, take_lock
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -46,6 +47,7 @@ def _check_out(out: Path, overwrite: bool, products: tuple[str, ...]) -> list[st
             if not parent.is_dir():
                 raise ConfigError(f"--out {out}: {parent} is a file, not a directory; give a directory path")
             break
+    check_unlocked(out)  # a live run there: refused naming it, before its results are even looked at
     existing = [p for p in products if (out / p).exists()] if out.is_dir() else []
     if existing and not overwrite:
         raise ConfigError(f"--out {out}: already holds results ({', '.join(existing)}); pass --overwrite to "
@@ -53,15 +55,27 @@ def _check_out(out: Path, overwrite: bool, products: tuple[str, ...]) -> list[st
     return existing
 
 
+_HELD_LOCKS: list = []  # this process's output-directory locks (fedlottery.runs.lock), released by main()
+
+
 def _ensure_writable(out: Path) -> None:
-    """Create --out and write a probe file in it: a directory we cannot write to fails here, not mid-run."""
+    """Create --out and take its lock (DIR/.lock, one run per directory), then write a probe file in it: a
+    directory we cannot write to fails here, not mid-run. The lock comes before anything else is written."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        _HELD_LOCKS.append(take_lock(out, _COMMAND[0]))
         with tempfile.TemporaryFile(dir=out, prefix=".fedlottery-probe-") as probe:
             probe.write(b"ok")
     except OSError as err:
         raise ConfigError(f"--out {out}: not writable ({err.strerror or err}); give a directory you can "
                           "write to") from None
+
+
+def _release_locks() -> None:
+    while _HELD_LOCKS:
+        _HELD_LOCKS.pop().release()
+
+
+_COMMAND = [""]  # the command line, recorded in the lock so a refused second run can name the first
 
 
 def _clear_out(out: Path, existing: list[str]) -> None:
@@ -128,6 +142,7 @@ def _federated_job(args: argparse.Namespace, out_prefix: str = "", strategies: l
     out = Path(args.out or Path("runs") / f"{out_prefix}{Path(args.config).stem}")
     if args.seeds:  # one run directory per seed, and the table over them
         extra_products = tuple(f"seed{s}" for s in args.seeds) + ("table.md",) + SEED_PLOTS
+    check_unlocked(out)  # a live run there is named before anything about its results is said
     if args.resume:
         for where, seed in ([(out / f"seed{s}", s) for s in args.seeds] if args.seeds else [(out, cfg.seed)]):
             if args.seeds and not where.exists():
@@ -144,7 +159,9 @@ def _federated_job(args: argparse.Namespace, out_prefix: str = "", strategies: l
 
         check_flwr_entry()
     else:
-        start_ray(cfg)
+        from fedlottery.runtime.simulation import client_state_dir
+
+        start_ray(cfg, client_state_dir(out / f"seed{args.seeds[0]}" if args.seeds else out))
     _clear_out(out, existing)
     return cfg, out
 
@@ -420,6 +437,7 @@ def _silence_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _COMMAND[0] = " ".join(["fedlottery", *(sys.argv[1:] if argv is None else argv)])[:300]
     try:
         with _flower_quiet_after_ctrl_c():
             return args.func(args)
@@ -437,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.command in ("run", "compare"):
             _stop_ray()  # Flower shuts Ray down after a run; this covers a failure before or around it
+        _release_locks()
 
 
 if __name__ == "__main__":

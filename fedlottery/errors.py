@@ -32,10 +32,15 @@ class WorkersLost(UserError, RuntimeError):
     its checkpoint is intact and `--resume` goes on once the cause is fixed."""
 
 
+class ResultsWriteError(UserError, OSError):
+    """Writing the run's files failed (disk full, permission lost, directory removed): the run stops; what is
+    on disk is consistent up to its last checkpoint, from which `--resume` goes on once the cause is fixed."""
+
+
 class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be resumed from: missing, empty, truncated, corrupt, of another format, or
     holding pickled objects (refused unopened: loading those could run code)."""
 
 
 __all__ = ["UserError", "ConfigError", "DataNotFoundError", "DataCorruptError", "ClusterError", "WorkersLost",
-           "CheckpointError"]
+           "CheckpointError", "ResultsWriteError"]

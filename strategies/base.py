@@ -32,8 +32,8 @@ from fedlottery.sparsity import Mask
 from fedlottery.sparsity.mask_table import MaskTable
 from fedlottery.training import Split
 from strategies.replies import (
-    ReplyRejected, Sent, check_count, check_finite, check_mask, check_metrics, check_tensor_set, content_of,
-    one_line,
+    ReplyRejected, Sent, check_batchnorm, check_count, check_finite, check_mask, check_metrics, check_tensor_set,
+    content_of, one_line,
 )
 
 
@@ -395,6 +395,7 @@ class FederatedStrategy(Strategy):
             raise ReplyRejected(str(err)) from None
         check_finite(state, self.max_abs_value)
         uploaded = complete_mask(uploaded, sent.mask)  # personal prunable tensors (a head) keep the mask sent
+        check_batchnorm(state, self.setup.batchnorm)
         mask = uploaded if uploaded is not None else sent.mask
         check_mask(mask, sent.mask, self.regrows, self.min_density(pid, sent.mask))
         state = {**{k: self.global_state[k] for k in self.personal}, **state}

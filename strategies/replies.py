@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
@@ -126,3 +126,26 @@ def check_mask(upload: Mask, sent: Mask, regrows: bool, min_density: float) -> N
             raise ReplyRejected(f"mask regrows {grown} weight(s) outside the mask it was sent")
     if upload.density() < min_density:
         raise ReplyRejected(f"mask density {upload.density():.4f} below the {min_density:.4f} this strategy allows")
+
+
+def check_batchnorm(state: Mapping[str, torch.Tensor], batchnorm: Iterable[str]) -> None:
+    """BatchNorm's running statistics as uploaded: every `running_var` finite and >= 0 (BatchNorm divides by
+    its square root: one negative entry averaged into the global model turns that channel into NaN for every
+    client it reaches), every `num_batches_tracked` a non-negative integer (it sets the momentum of a
+    cumulative average). check_finite does not see them: they are no weights, and the counter is no float."""
+    for name in batchnorm:
+        tensor = state.get(name)
+        if tensor is None:
+            continue
+        if name.endswith("running_var"):
+            if not bool(torch.isfinite(tensor).all()):
+                raise ReplyRejected(f"{name}: {int((~torch.isfinite(tensor)).sum())} non-finite running variance(s)")
+            if bool((tensor < 0).any()):
+                raise ReplyRejected(f"{name}: {int((tensor < 0).sum())} negative running variance(s) "
+                                    f"(lowest {float(tensor.min()):.3g}); a variance is >= 0")
+        elif name.endswith("num_batches_tracked"):
+            if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+                raise ReplyRejected(f"{name}: a {str(tensor.dtype).removeprefix('torch.')} batch count; it must be "
+                                    "an integer")
+            if bool((tensor < 0).any()):
+                raise ReplyRejected(f"{name}: negative batch count {int(tensor.min())}")

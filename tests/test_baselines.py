@@ -64,10 +64,10 @@ class Federation:
         self.strategy = get_strategy(name)(self.setup, options_for(cfg, name))
         self.contexts = {}
         for pid in range(len(splits)):
-            context = Context(run_id=1, node_id=100 + pid, node_config={"partition-id": pid}, state=RecordDict(),
-                              run_config={})
-            context.state[client_app.STATE_KEY] = ConfigRecord({"experiment": config_json,
-                                                                "state-dir": str(self.state_dir)})
+            context = Context(run_id=1, node_id=100 + pid, node_config={"partition-id": pid,
+                                                                        "state-dir": str(self.state_dir)},
+                              state=RecordDict(), run_config={})  # the node's own client-state directory
+            context.state[client_app.STATE_KEY] = ConfigRecord({"experiment": config_json})
             self.contexts[pid] = context
 
     def _exchange(self, messages, training: bool):

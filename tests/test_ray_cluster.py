@@ -347,10 +347,10 @@ def test_a_client_given_a_device_trains_and_evaluates_everything_on_it(monkeypat
     monkeypatch.setattr(client_app, "evaluate_many", recording_evaluate)
 
     def context_for(pid):
-        context = Context(run_id=1, node_id=100 + pid, node_config={"partition-id": pid}, state=RecordDict(),
-                          run_config={})
-        context.state[client_app.STATE_KEY] = ConfigRecord({"experiment": config_json,
-                                                            "state-dir": str(tmp_path / "client_state")})
+        context = Context(run_id=1, node_id=100 + pid, node_config={"partition-id": pid,
+                                                                    "state-dir": str(tmp_path / "client_state")},
+                          state=RecordDict(), run_config={})  # the node's own client-state directory
+        context.state[client_app.STATE_KEY] = ConfigRecord({"experiment": config_json})
         return context
 
     def first(messages):

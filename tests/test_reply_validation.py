@@ -13,7 +13,7 @@ from fedlottery.comm import encode_tensor, pack_state
 from fedlottery.sparsity import Mask
 from strategies import available
 
-STRATEGIES = list(available())[:7]
+STRATEGIES = list(available())
 MODEL = "cnn_digits_bn"
 
 
@@ -40,6 +40,9 @@ def _honest(strategy, message, shift=0.5, metrics=None):
     sent = strategy.sent_to(message)
     state = {k: (v + shift if v.is_floating_point() else v.clone()) for k, v in strategy.global_state.items()}
     sent.mask.apply_(state)
+    for k in state:
+        if strategy._value_type(k) == "mask":  # FedPM: a sampled mask travels, no values
+            state[k] = sent.mask[k].clone()
     arrays = pack_state(state, sent.mask, sent.mask, strategy.personal)
     base = {"partition-id": pid, "num-examples": 100}
     return Message(RecordDict({"model": arrays, "metrics": MetricRecord({**base, **(metrics or {})})}),
@@ -121,6 +124,43 @@ CASES = {
 }
 
 
+BATCHNORM_CASES = {  # (tensor suffix, how it is broken) -> the rejection's reason
+    ("running_var", "negative"): "negative running variance", ("running_var", "nan"): "non-finite",
+    ("running_var", "inf"): "non-finite", ("num_batches_tracked", "negative"): "negative batch count",
+    ("num_batches_tracked", "float"): "float32",
+}
+
+
+def _broken_batchnorm(strategy, honest, suffix, how):
+    """The honest reply with one BatchNorm statistic broken, or None when this strategy does not upload it."""
+    name = next((n for n in strategy.setup.batchnorm if n.endswith(suffix)), None)
+    if name is None or name not in honest.content["model"]:
+        return None
+    tensor = strategy.global_state[name].clone()
+    if suffix == "running_var":
+        tensor = tensor.float()
+        tensor.view(-1)[0] = {"negative": -0.5, "nan": math.nan, "inf": math.inf}[how]
+    else:
+        tensor = torch.full_like(tensor, -3) if how == "negative" else tensor.float() + 2.0
+    return _replace_tensor(honest, name, encode_tensor(tensor))
+
+
+TENSOR_CASES = ("nan", "inf_layer", "huge", "missing_tensor", "empty_model", "int64_for_float",
+                "float16_in_float32_run")
+VALUE_CASES = ("nan", "inf_layer", "huge", "int64_for_float", "float16_in_float32_run")
+
+
+def _expected_reason(case, strategy):
+    """What the rejection must say for this strategy, or None when the case cannot apply to it (it uploads
+    no tensors); a strategy whose weights travel as masks alone rejects any values in their place."""
+    uploads = set(strategy.global_state) - strategy.personal
+    if case in TENSOR_CASES and not uploads:
+        return None
+    if case in VALUE_CASES and strategy._value_type(_first_weight(strategy)) == "mask":
+        return "the run sends mask"
+    return CASES[case]
+
+
 def _run(strategy, replies):
     strategy = copy.deepcopy(strategy)
     _, metrics = strategy.aggregate_train(2, replies)
@@ -141,17 +181,45 @@ def _setup_round(name, make_setup):
 def test_a_crafted_reply_is_rejected_and_theta_g_is_what_the_honest_replies_give(name, case, make_setup,
                                                                                    flower_run):
     strategy, messages, honest = _setup_round(name, make_setup)
+    reason = _expected_reason(case, strategy)
+    if reason is None:
+        pytest.skip(f"{name} uploads no tensors, so a crafted tensor cannot apply")
     clean, _ = _run(strategy, honest[:1])
     bad = _case_reply(case, strategy, messages[1], honest[1])
     after, metrics = _run(strategy, [honest[0], bad])
     assert metrics["clients"] == 1
-    assert len(after.failures) == 1 and CASES[case] in after.failures[0], after.failures
+    assert len(after.failures) == 1 and reason in after.failures[0], after.failures
     assert "\x1b" not in after.failures[0] and "\n" not in after.failures[0]
     for key in clean.global_state:
         assert torch.equal(clean.global_state[key], after.global_state[key]), key
     pid = int(messages[1].content["config"]["partition-id"])
     assert after.state_version[pid] == 0  # the client will start again from the state the server knows
     assert after.client_holds[pid] == strategy.client_holds[pid]
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+@pytest.mark.parametrize("suffix,how", list(BATCHNORM_CASES))
+def test_broken_batchnorm_statistics_are_rejected(name, suffix, how, make_setup, flower_run):
+    """Every strategy that federates BatchNorm (a BN model): a negative or non-finite running variance, a
+    negative or fractional batch count, is rejected and θ_g is what the honest replies alone give."""
+    strategy, messages, honest = _setup_round(name, make_setup)
+    bad = _broken_batchnorm(strategy, honest[1], suffix, how)
+    if bad is None:
+        pytest.skip(f"{name} uploads no BatchNorm {suffix} (its BatchNorm stays on the client)")
+    clean, _ = _run(strategy, honest[:1])
+    after, metrics = _run(strategy, [honest[0], bad])
+    assert metrics["clients"] == 1
+    assert len(after.failures) == 1 and BATCHNORM_CASES[suffix, how] in after.failures[0], after.failures
+    for key in clean.global_state:
+        assert torch.equal(clean.global_state[key], after.global_state[key]), key
+
+
+def test_batchnorm_is_federated_by_most_strategies(make_setup, flower_run):
+    """The skips above are the strategies that keep BatchNorm personal, not a broken test set-up."""
+    uploading = [name for name in STRATEGIES
+                 if _broken_batchnorm(*(lambda s, m, h: (s, h[1]))(*_setup_round(name, make_setup)),
+                                      "running_var", "negative") is not None]
+    assert {"fedavg", "lotteryfl"} <= set(uploading) and "fedbn" not in uploading, uploading
 
 
 @pytest.mark.parametrize("name", STRATEGIES)

@@ -34,15 +34,19 @@ _FRESH = "start afresh with --overwrite (or point --out at a new directory)"
 
 
 def save_checkpoint(out_dir: Path, payload: dict[str, Any]) -> None:
-    """Write, flush to disk, then rename over the previous checkpoint: a kill leaves one whole file.
+    """Write, flush to disk, then rename over the previous checkpoint: a kill or a full disk leaves one whole file.
     `payload` must already be plain data (fedlottery.plain_state.to_plain)."""
     path = Path(out_dir) / CHECKPOINT_FILE
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        with tmp.open("wb") as f:
+            torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:  # disk full, a kill: the previous checkpoint stays whole, no half file beside it
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(out_dir: Path) -> dict[str, Any]:

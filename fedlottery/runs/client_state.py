@@ -34,7 +34,31 @@ from fedlottery.sparsity import Mask
 
 
 class ClientStateError(RuntimeError):
-    """A client's state version is missing or unreadable."""
+    """A client's state version is missing or unreadable, or a message asked for a location not this node's."""
+
+
+# ---- where a node keeps its client state: the node's own configuration, never a message ---------------------
+STATE_DIR_KEY = "state-dir"  # a real SuperNode: flower-supernode --node-config "state-dir='/path'"
+STATE_DIR_ENV = "FEDLOTTERY_STATE_DIR"  # a simulation's client actors: set by fedlottery's launcher
+
+
+def node_state_dir(node_config) -> str:
+    """This node's client-state directory: its node config's `state-dir`, else $FEDLOTTERY_STATE_DIR (what
+    fedlottery.runtime.ray_runtime.start_ray gives a simulation's actors: the run directory's client_state/);
+    "" when neither is set (state then lives in the node's own Context). A path in a message would let
+    whoever sends messages make every client read and delete files wherever it names."""
+    return str(node_config.get(STATE_DIR_KEY, "") or os.environ.get(STATE_DIR_ENV, ""))
+
+
+def check_requested_state_dir(requested: str, own: str) -> None:
+    """A server may say where it expects client state (so a misconfigured node fails at setup, not mid-run);
+    it can never move it: a location other than the node's own is refused."""
+    if requested and (not own or os.path.realpath(requested) != os.path.realpath(own)):
+        mine = f"its own is {own!r}" if own else "it has none of its own (its Context holds its state)"
+        raise ClientStateError(
+            f"the setup query names client-state directory {requested!r}, but this node keeps its client state "
+            f"where its own configuration says ({mine}); a message cannot choose a node's files: set the node's "
+            f"`{STATE_DIR_KEY}` node config (or ${STATE_DIR_ENV} for simulation actors) to the run's directory")
 
 
 @dataclass

@@ -65,14 +65,16 @@ def comparison_table(runs: list[tuple[str, dict]], hurt: list[dict[str, float | 
         "MiB down | MiB down as broadcast | MiB up, values only | wall s |" + (f" {HURT_TITLE} |" if with_hurt else ""),
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if with_hurt else ""),
     ]
-    flagged = False
+    flagged = timed = False
     for (label, summary), shares in zip(runs, hurt):
         for name, s in summary["strategies"].items():
             std = s.get("personalized_acc_std")
             partial = _partial(s)
             flagged |= bool(partial)
+            timing = " ‡" if s.get("hang_guard_drops") else ""
+            timed |= bool(timing)
             lines.append(
-                f"| {label} | {name} | {_pct(s['personalized_acc_final'])}"
+                f"| {label} | {name}{timing} | {_pct(s['personalized_acc_final'])}"
                 + (f" ± {100 * std:.1f}" if std is not None else "") + partial
                 + f" | {_pct(s['paper_metric_best_of_rounds'])} | {_pct(s['global_acc_final'])} | "
                 f"{_pct(s.get('deployed_acc_final'))} | {_pct(s.get('finetuned_acc_final'))} | "
@@ -84,6 +86,9 @@ def comparison_table(runs: list[tuple[str, dict]], hurt: list[dict[str, float | 
     if flagged:
         lines.append("\n\\* evaluation missed clients: the accuracy is over the k of N clients shown, not all "
                      "(see failures.log in the run directory)")
+    if timed:
+        lines.append("\n‡ the hang guard (simulation.round_timeout) dropped clients: this result depends on the "
+                     "machine's speed and load, not only on the config and seed; raise the guard and run again")
     return "\n".join(lines)
 
 

@@ -67,8 +67,12 @@ def write_json(path: Path, data: dict) -> None:
     """Write atomically (temp file + rename) so a crash never leaves half a summary."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        tmp.replace(path)
+    except OSError:  # a full disk: the previous summary stays, no half file beside it
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class Progress:

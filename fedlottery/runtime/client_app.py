@@ -1,15 +1,16 @@
 """The Flower ClientApp: decodes what the server sent, runs the named strategy's client half, encodes the reply.
 
-A client learns the experiment once (a setup query, which also says where client state lives) and keeps
-only that in its Context. Its own state between rounds (held mask, memory, personal tensors, last trained
-weights, a strategy's kept tensors) lives in a versioned client-state store (fedlottery.runs.client_state): the message names the version
+A client learns the experiment once (a setup query) and keeps only that in its Context. Its own state between
+rounds (held mask, memory, personal tensors, last trained weights, a strategy's kept tensors,
+an STC uplink's residual) lives in a versioned client-state store
+(fedlottery.runs.client_state) where the node's own configuration says, never where a message says: the
+message names the version
 to start from, and training saves a new one. Data, partitions and theta_0 are rebuilt from the config and
 cached per process (Ray actors live long).
 """
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +22,13 @@ from fedlottery.runtime import stock_client
 from fedlottery.runtime.client_cache import (
     client_data, device_for, experiment, initial_state, model_head, partitions, shared_test_set,
 )
-from fedlottery.runs.client_state import ClientState, ClientStateError, ClientStateStore, ContextStore, DirectoryStore
+from fedlottery.runs.client_state import (
+    ClientState, ClientStateError, ClientStateStore, ContextStore, DirectoryStore, check_requested_state_dir,
+    node_state_dir,
+)
 from fedlottery.comm import CodecError, complete_mask, pack_state, unpack_state, uplink
 from fedlottery.config import FederatedConfig
-from fedlottery.runtime.faults import EVAL_FAULTS, TRAIN_FAULTS, InjectedFault, faults_of
+from fedlottery.runtime.faults import EVAL_FAULTS, TRAIN_FAULTS, InjectedFault, faults_of, mark_late, slow_down
 from fedlottery.models import build_model
 from fedlottery.schedule import client_seed
 from fedlottery.runtime.shared_evaluation import evaluate_shared
@@ -41,20 +45,22 @@ DOWNLINK_KEYS = ("strategy", "round", "partition-id", "broadcast", "mask-crc", "
 
 @app.query()
 def setup(message: Message, context: Context) -> Message:
-    """Learn the experiment and where client state lives; answer with the partition this node holds."""
+    """Learn the experiment; answer with the partition this node holds. Client state lives where the node's own
+    configuration says (`state_store`); a query naming another location is refused."""
     config = message.content["config"]
+    check_requested_state_dir(str(config.get("state-dir", "")), node_state_dir(context.node_config))
     config_json = str(config["experiment"])
     experiment(config_json)  # validate now, so a bad config fails at setup, not mid-round
     initial_state(config_json)  # load data, partitions and theta_0 into this process now, not in round 1
     warm_up()  # and the optimizer's one-off torch._dynamo import
-    context.state[STATE_KEY] = ConfigRecord({"experiment": config_json, "state-dir": str(config.get("state-dir", ""))})
+    context.state[STATE_KEY] = ConfigRecord({"experiment": config_json})
     pid = int(context.node_config["partition-id"])
     return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=message)
 
 
 def state_store(context: Context) -> ClientStateStore:
-    """The simulation's shared directory when the server named one, else this node's own Context."""
-    root = str(context.state[STATE_KEY].get("state-dir", ""))
+    """The directory the node's own configuration names (a simulation's run directory), else its Context."""
+    root = node_state_dir(context.node_config)
     return DirectoryStore(root) if root else ContextStore(context)
 
 
@@ -236,7 +242,8 @@ def _encode_reply(message: Message, received: _Received, restored: _Restored, up
                "mask-changed": float(update.mask != sent), **update.metrics}
     reply = Message(RecordDict({"model": arrays, "metrics": MetricRecord(metrics)}), reply_to=message)
     if "late" in faults:
-        time.sleep(r.cfg.simulation.round_timeout + 1.0)  # past the round's deadline: the server has moved on
+        mark_late(reply)  # past the round's deadline in simulated time: the server treats it as never arrived
+    slow_down(r.pid)  # a test hook (unset normally): a slow actor must not change the results
     return reply
 
 

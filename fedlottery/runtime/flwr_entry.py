@@ -50,10 +50,15 @@ def _run_config(experiment: Path, out_dir: Path, resume: bool) -> str:
             f'resume={"true" if resume else "false"}')
 
 
-def _environment(cfg: FederatedConfig) -> dict[str, str]:
+def _environment(cfg: FederatedConfig, out_dir: Path) -> dict[str, str]:
     """The script's knobs from the config's `simulation` section: one supernode per client, its resources, and
-    the Ray cluster (Flower's backend starts Ray itself, so only $RAY_ADDRESS can choose it)."""
+    the Ray cluster (Flower's backend starts Ray itself, so only $RAY_ADDRESS can choose it); and the client
+    actors' own client-state directory (they inherit $FEDLOTTERY_STATE_DIR: the node's configuration)."""
+    from fedlottery.runs.client_state import STATE_DIR_ENV
+    from fedlottery.runtime.server_app import CLIENT_STATE_DIR
+
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": os.environ.get("FLWR_TELEMETRY_ENABLED", "0"),
+           STATE_DIR_ENV: str(Path(out_dir).resolve() / CLIENT_STATE_DIR),
            "NUM_SUPERNODES": str(cfg.partition.num_clients), "CLIENT_CPUS": f"{cfg.simulation.num_cpus:g}",
            "CLIENT_GPUS": f"{cfg.simulation.num_gpus:g}"}
     if cfg.simulation.ray_address:
@@ -71,7 +76,7 @@ def run_with_flwr(cfg: FederatedConfig, out_dir: Path, resume: bool = False, qui
     experiment.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     command = [str(SCRIPT), "--run-config", _run_config(experiment, out_dir, resume)]
     output = subprocess.PIPE if quiet else None
-    process = subprocess.Popen(command, cwd=ROOT, env=_environment(cfg), stdout=output, stderr=subprocess.STDOUT
+    process = subprocess.Popen(command, cwd=ROOT, env=_environment(cfg, out_dir), stdout=output, stderr=subprocess.STDOUT
                                if quiet else None, text=True)
     try:
         streamed, _ = process.communicate()

@@ -188,20 +188,30 @@ def ray_init_args(cfg: FederatedConfig) -> dict[str, Any]:
     return args
 
 
-def start_ray(cfg: FederatedConfig) -> None:
+def start_ray(cfg: FederatedConfig, state_dir: str | None = None) -> None:
     """Initialise Ray for `cfg` unless it already is: a private local instance, or the configured cluster after
-    a quick probe. Raises ConfigError for resources the machine lacks, ClusterError for an unreachable cluster."""
+    a quick probe. Raises ConfigError for resources the machine lacks, ClusterError for an unreachable cluster
+    or a local Ray that would not start (`START_ATTEMPTS` tries, backing off).
+
+    state_dir: the run's client-state directory, given to every client actor as $FEDLOTTERY_STATE_DIR (the
+    node's own configuration, fedlottery.runs.client_state.node_state_dir); a Ray this function started for
+    another directory is restarted, so a --seeds run's actors never write into the previous seed's."""
     import ray
 
+    from fedlottery.runs.client_state import STATE_DIR_ENV
+
     if ray.is_initialized():
-        return
+        if state_dir is None or _STARTED.get("state_dir", state_dir) == state_dir:
+            return
+        ray.shutdown()  # ours, started for another run directory
     check_resources(cfg)
     args = ray_init_args(cfg)
+    env_vars = {STATE_DIR_ENV: state_dir} if state_dir else {}
     if args["address"] != _LOCAL:
         probe(args["address"])
         try:
             with _fewer_connect_attempts():
-                ray.init(**args)
+                ray.init(**({"runtime_env": {"env_vars": env_vars}} if env_vars else {}), **args)
         except (ConnectionError, RuntimeError, TimeoutError) as err:
             raise ClusterError(
                 f"cannot reach the Ray cluster at {args['address']!r} ({' '.join(str(err).split())}); start one "
@@ -216,7 +226,45 @@ def start_ray(cfg: FederatedConfig) -> None:
         # Ray starts its workers at nice 15; the client actors ARE the work, and a busy driver or a neighbour
         # then starved them past their round deadline (measured: 4 honest clients of one MNIST round).
         os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
+        _init_local(ray, {"runtime_env": {"env_vars": {"PYTHONPATH": pythonpath, **env_vars}}, **args})
+    _STARTED.clear()
+    _STARTED["state_dir"] = state_dir
+
+
+_STARTED: dict = {}  # how start_ray last started Ray in this process (its actors' client-state directory)
+START_ATTEMPTS = 3
+START_BACKOFF_S = 2.0  # before the 2nd attempt; doubled before each later one
+
+
+def _is_startup_timeout(err: BaseException) -> bool:
+    """Ray's ways of saying its own processes did not come up in time on this machine (an overloaded or
+    memory-short host): `wait_for_node`'s TimeoutError, the GCS's ConnectionError, the raylet's bare
+    Exception "The current node timed out during startup"."""
+    return isinstance(err, (TimeoutError, ConnectionError)) or "timed out" in str(err).lower()
+
+
+def _init_local(ray, init_args: dict, sleep=None) -> None:
+    """ray.init for a private local instance, retried with backoff when Ray's start-up times out (it does on a
+    loaded machine: the raylet has 30 s to register); after the last attempt, one line with cause and fix."""
+    import time
+
+    sleep = sleep or time.sleep
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            ray.init(**init_args)
+            return
+        except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception for its start-up timeout
+            if not _is_startup_timeout(err):
+                raise
+            cause = " ".join(str(err).split())[:300] or type(err).__name__
+            with contextlib.suppress(Exception):
+                ray.shutdown()  # whatever half-started is stopped before the next try
+            if attempt < START_ATTEMPTS:
+                sleep(START_BACKOFF_S * 2 ** (attempt - 1))
+    raise ClusterError(
+        f"a local Ray instance did not start in {START_ATTEMPTS} attempts ({cause}); this machine is probably "
+        "overloaded or short of memory or /tmp space: free some (or run fewer jobs at once, a smaller "
+        "simulation.actors) and run the same command again")
 
 
 @contextlib.contextmanager

@@ -6,11 +6,11 @@ partition, model and theta_0; every round appends one row to DIR/rounds.csv as i
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import random
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +26,9 @@ from fedlottery.runs.checkpoint import CHECKPOINT_FILE, file_sizes, load_checkpo
 from fedlottery.comm import ByteMeter, CodecError, broadcast_bytes, content_bytes, values_bytes
 from fedlottery.config import ConfigError, FederatedConfig, to_dict
 from fedlottery.runtime.experiment import experiment_from_dict, load_experiment, resolve_config_path
+from fedlottery.runtime.faults import is_marked_late
 from fedlottery.data import describe, load_dataset, make_partitions
-from fedlottery.errors import CheckpointError, WorkersLost
+from fedlottery.errors import CheckpointError, ResultsWriteError, WorkersLost
 from fedlottery.plain_state import to_plain
 from fedlottery.models import batchnorm_names, build_model, clone_state, head_names, prunable_names
 from fedlottery.runs.tracking import Tracker
@@ -49,8 +50,9 @@ ROUND_COLUMNS = [
 # (fedlottery.runs.results.CsvLog) and goes on without them, rather than mixing two schemas in one file.
 LATER_ROUND_COLUMNS = ("sampled",)
 CLIENT_COLUMNS = ["strategy", "seed", "partition_id", "final_acc", "best_acc", "density"]
-RESULT_FILES = ("rounds.csv", "clients.csv", "summary.json", "failures.log", CHECKPOINT_FILE)
 CLIENT_STATE_DIR = "client_state"
+# what a run writes into its directory; the command line refuses to replace any of it without --overwrite
+RESULT_FILES = ("rounds.csv", "clients.csv", "summary.json", "failures.log", CHECKPOINT_FILE, CLIENT_STATE_DIR)
 _RAY_EXCEPTION = re.compile(r"ray\.exceptions\.(\w+)")  # in the reason of a reply whose worker Ray lost
 _CLASS_PREFIX = re.compile(r"^<?class '[\w.]+'>:<'?")  # Flower's "<class 'X'>:<'message'>" wrapping
 EVAL_CHUNK = 500  # clients per evaluation batch: bounds the driver's memory whatever the population
@@ -65,15 +67,17 @@ class StrategyRun:
     last_acc: dict[int, float] = field(default_factory=dict)  # the last evaluation's, evaluated clients only
     best_acc: dict[int, float] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
+    hang_guard_drops: int = 0  # clients dropped by the wall-clock round deadline: the run depends on timing
 
     def state_dict(self) -> dict:
         return {"name": self.name, "meter": self.meter.state_dict(), "last_acc": dict(self.last_acc),
-                "best_acc": dict(self.best_acc), "rows": [dict(r) for r in self.rows]}
+                "best_acc": dict(self.best_acc), "rows": [dict(r) for r in self.rows],
+                "hang_guard_drops": self.hang_guard_drops}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "StrategyRun":
         return cls(state["name"], ByteMeter.from_state_dict(state["meter"]), dict(state["last_acc"]),
-                   dict(state["best_acc"]), [dict(r) for r in state["rows"]])
+                   dict(state["best_acc"]), [dict(r) for r in state["rows"]], int(state.get("hang_guard_drops", 0)))
 
 
 @dataclass
@@ -123,7 +127,39 @@ def run_experiment(grid: Grid, cfg: FederatedConfig, out_dir: Path, log: Callabl
     resume: go on from out_dir's checkpoint (same config), truncating result files back to it.
     client_state: "directory" keeps client state in out_dir/client_state (simulations: durable, off the
     driver); "context" in each SuperNode's own Context (a real deployment, one SuperNode per device).
+    A write that fails (disk full, permission lost, directory removed) stops the run with a ResultsWriteError
+    in one line saying where the checkpoint stands and that --resume goes on from it.
     """
+    try:
+        return _run_experiment(grid, cfg, out_dir, log, resume, client_state)
+    except OSError as err:
+        if isinstance(err, ResultsWriteError) or err.errno not in WRITE_ERRNOS:
+            raise
+        raise results_write_error(Path(out_dir), err) from None
+
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EIO,
+                errno.EFBIG}
+_CLIENT_WRITE_FAILED = re.compile(r"\[Errno (28|122|30)\]")  # ENOSPC, EDQUOT, EROFS in a client's error reply
+
+
+def results_write_error(out_dir: Path, err: OSError) -> ResultsWriteError:
+    """One line: what failed, where the results on disk stand, and how to go on."""
+    what = err.strerror or str(err) or type(err).__name__
+    where = f" ({err.filename})" if err.filename else ""
+    try:
+        saved = load_checkpoint(out_dir)
+        name = saved["strategy"]["name"] if saved.get("strategy") else f"strategy #{saved['strategy_index']}"
+        stands = (f"the files on disk are consistent up to the checkpoint after {name} round {saved['round']}; "
+                  "fix the cause (free space, permissions) and go on with the same command plus --resume")
+    except CheckpointError:
+        stands = ("no checkpoint was written yet, so there is nothing to resume: fix the cause and run again "
+                  "with --overwrite")
+    return ResultsWriteError(f"writing the run's files in {out_dir} failed: {what}{where}; {stands}")
+
+
+def _run_experiment(grid: Grid, cfg: FederatedConfig, out_dir: Path, log: Callable[[str], None], resume: bool,
+                    client_state: str) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = resumable_checkpoint(out_dir, cfg) if resume else None
@@ -173,6 +209,7 @@ def resumable_checkpoint(out_dir: Path, cfg: FederatedConfig) -> dict:
         raise CheckpointError(f"{out_dir / CHECKPOINT_FILE}: its config no longer loads ({err}); start afresh with "
                               "--overwrite") from None
     now = to_dict(cfg)
+    saved["simulation"]["round_timeout"] = now["simulation"]["round_timeout"]  # a hang guard: no result depends on it
     if saved != now:
         keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         raise ConfigError(f"--resume: the config differs from the checkpointed run's in {', '.join(keys)}; "
@@ -189,7 +226,7 @@ def _prepare(grid, cfg: FederatedConfig, out_dir: Path, log, client_state: str, 
     template = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, cfg.model.init)
     state_dir = str((out_dir / CLIENT_STATE_DIR).resolve()) if client_state == "directory" else ""
     if checkpoint is None and state_dir:
-        shutil.rmtree(state_dir, ignore_errors=True)  # a fresh run: no client state from an earlier one
+        _refuse_earlier_client_state(Path(state_dir))
     node_of = discover_clients(grid, cfg, state_dir)
     setup = dict(theta0=clone_state(template), prunable=prunable_names(template), node_of=node_of,
                  clients_per_round=cfg.clients_per_round, seed=cfg.seed, local=cfg.local,
@@ -205,6 +242,14 @@ def _prepare(grid, cfg: FederatedConfig, out_dir: Path, log, client_state: str, 
                       Tracker(cfg.tracking.tensorboard, cfg.seed))
 
 
+def _refuse_earlier_client_state(state_dir: Path) -> None:
+    """A fresh run must not start on an earlier run's client state, and must not delete it either: only the
+    command line's --overwrite removes results (once the run is known to start)."""
+    if state_dir.is_dir() and any(state_dir.iterdir()):
+        raise ConfigError(f"{state_dir} holds client state from an earlier run; pass --overwrite to replace that "
+                          "run, --resume to go on with it, or give another --out")
+
+
 def _checkpoint(exp: Experiment, index: int, rnd: int, strategy: FederatedStrategy | None, run, summary) -> None:
     if exp.cfg.checkpoint.every == 0:
         return
@@ -218,10 +263,19 @@ def _checkpoint(exp: Experiment, index: int, rnd: int, strategy: FederatedStrate
     })
 
 
-def _send(grid: Grid, messages: list, timeout: float, rnd: int, phase: str) -> list:
-    """Send the round's messages and wait for replies until the deadline (late ones count as failed). A client
-    whose worker Ray lost stops the run here, before the round is used (see `lost_worker`)."""
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
+def _send(grid: Grid, messages: list, timeout: float, rnd: int, phase: str, exp: Experiment, run: StrategyRun
+          ) -> list:
+    """Send the round's messages and wait for replies. A reply marked late (faults.late, in simulated time) is
+    dropped as one that missed the deadline, deterministically. The wall-clock `timeout` is only a hang guard:
+    a client it drops is counted on `run` and flagged (`_hang_guard`). A client whose worker Ray lost stops the
+    run here, before the round is used (see `lost_worker`)."""
+    received = list(grid.send_and_receive(messages, timeout=timeout))
+    _hang_guard(exp, run, rnd, phase, len(messages) - len(received))
+    replies = [r for r in received if not is_marked_late(r)]
+    for reply in replies:  # a client that could not write its state must not pass as that client's failure
+        if reply.has_error() and _CLIENT_WRITE_FAILED.search(str(reply.error.reason)):
+            raise OSError(errno.ENOSPC, f"round {rnd} {phase}: a client could not write its state: "
+                                        f"{one_line(str(reply.error.reason))}")
     lost = [reason for reason in map(lost_worker, replies) if reason]
     if lost:
         raise WorkersLost(
@@ -230,6 +284,17 @@ def _send(grid: Grid, messages: list, timeout: float, rnd: int, phase: str) -> l
             "was short (memory: fewer runs at once, or a smaller simulation.actors) and go on with the same "
             "command plus --resume")
     return replies
+
+
+def _hang_guard(exp: Experiment, run: StrategyRun, rnd: int, phase: str, dropped: int) -> None:
+    """Clients the wall-clock deadline dropped make the run's result depend on this machine's speed and load:
+    counted (summary.json's `hang_guard_drops`, the final table) and said on the progress log."""
+    if dropped <= 0:
+        return
+    run.hang_guard_drops += dropped
+    exp.progress.log(f"warning: {run.name} round {rnd} {phase}: {dropped} client(s) dropped by the hang guard "
+                     f"(simulation.round_timeout {exp.cfg.simulation.round_timeout:g} s): this run's results now "
+                     "depend on the machine's timing; raise simulation.round_timeout if the clients were only slow")
 
 
 def lost_worker(reply: Message) -> str | None:
@@ -276,7 +341,7 @@ def _train_round(grid, exp: Experiment, strategy: FederatedStrategy, run: Strate
             meter.add(rnd, pid_of[id(msg)], "down", content_bytes(msg.content),  # relayed models count too
                       sum(values_bytes(record, prunable) for record in msg.content.array_records.values()))
     meter.add_broadcast(rnd, broadcast_bytes(messages) if counted else 0)
-    replies = _send(grid, messages, exp.cfg.simulation.round_timeout, rnd, "training")
+    replies = _send(grid, messages, exp.cfg.simulation.round_timeout, rnd, "training", exp, run)
     sent_ids = {m.metadata.message_id: pid_of[id(m)] for m in messages}
     for reply in sorted(replies, key=lambda r: sent_ids.get(r.metadata.reply_to_message_id, -1)):
         if counted and not reply.has_error() and "model" in reply.content:
@@ -315,7 +380,7 @@ def _evaluate_round(grid, exp: Experiment, strategy: FederatedStrategy, run: Str
     for start in range(0, len(pids), EVAL_CHUNK):
         messages = strategy.evaluation_messages(rnd, pids[start:start + EVAL_CHUNK])
         eval_bytes += sum(content_bytes(m.content) for m in messages)
-        replies = _send(grid, messages, evaluation_timeout(exp.cfg, len(messages)), rnd, "evaluation")
+        replies = _send(grid, messages, evaluation_timeout(exp.cfg, len(messages)), rnd, "evaluation", exp, run)
         eval_bytes += sum(content_bytes(r.content) for r in replies if not r.has_error())
         results.update(strategy.evaluation_results(rnd, replies))
         _log_failures(exp, strategy)
@@ -407,6 +472,7 @@ def _strategy_summary(run: StrategyRun, strategy: FederatedStrategy, num_clients
         "failed_train_clients": sum(r["failed_train_clients"] for r in run.rows),
         "failed_eval_clients": sum(r.get("failed_eval_clients") or 0 for r in run.rows),
         "wall_s": round(sum(r["wall_s"] for r in run.rows), 2),
+        "hang_guard_drops": run.hang_guard_drops,  # > 0: the result depends on this machine's timing
         "failures": strategy.failures,
     }
 

@@ -142,6 +142,13 @@ def _describe_ray(cfg: FederatedConfig, log: Callable[[str], None]) -> None:
         f"{sim.num_gpus:g} GPU each) in {where}; round 1 includes the actors' start-up")
 
 
+def client_state_dir(out_dir: Path) -> str:
+    """The run directory's client-state folder, as the ServerApp names it in its setup query."""
+    from fedlottery.runtime.server_app import CLIENT_STATE_DIR
+
+    return str((Path(out_dir) / CLIENT_STATE_DIR).resolve())
+
+
 def run_federated(cfg: FederatedConfig, out_dir: Path, log: Callable[[str], None] | None = None,
                   resume: bool = False, verbosity: str = NORMAL) -> dict:
     """Run the experiment through Flower's simulation runtime in this process; returns summary.json's content.
@@ -164,7 +171,9 @@ def run_federated(cfg: FederatedConfig, out_dir: Path, log: Callable[[str], None
     out_dir = Path(out_dir)
     configure_output(verbosity)  # idempotent; the command line already called it before Ray started
     delivery.install()  # Flower's delivery loop scans every message for every node: O(messages) instead
-    start_ray(cfg)  # fedlottery.runtime.ray_runtime: private local Ray or the explicit cluster, checked up front
+    # fedlottery.runtime.ray_runtime: private local Ray or the explicit cluster, checked up front; its client
+    # actors are told (their own configuration, not a message) that their state lives in out_dir/client_state
+    start_ray(cfg, state_dir=client_state_dir(out_dir))
     if verbosity == QUIET:
         logging.getLogger("ray").setLevel(logging.ERROR)
     elif verbosity == VERBOSE:

@@ -1,0 +1,72 @@
+"""Ray's local start-up times out on a loaded machine (its raylet has 30 s to register): start_ray retries it
+with backoff, and when every attempt fails says so in one line with the cause and the fix."""
+from __future__ import annotations
+
+import pytest
+
+from fedlottery.cli import main
+from fedlottery.errors import ClusterError, UserError
+from fedlottery.runtime import ray_runtime
+
+TIMEOUT = "The current node timed out during startup. This could happen because some of the raylet failed to startup"
+
+
+class FlakyRay:
+    """A stand-in for the ray module whose init fails `failures` times with Ray's start-up timeout."""
+
+    def __init__(self, failures: int, error: Exception | None = None):
+        self.failures, self.error = failures, error or Exception(TIMEOUT)
+        self.inits, self.shutdowns = 0, 0
+
+    def init(self, **kwargs):
+        self.inits += 1
+        if self.inits <= self.failures:
+            raise self.error
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+def test_a_start_up_timeout_is_retried_with_backoff():
+    ray, waits = FlakyRay(2), []
+    ray_runtime._init_local(ray, {"address": "local"}, sleep=waits.append)
+    assert ray.inits == 3 and ray.shutdowns == 2  # what half-started is stopped before each retry
+    assert waits == [ray_runtime.START_BACKOFF_S, 2 * ray_runtime.START_BACKOFF_S]
+
+
+@pytest.mark.parametrize("error", [Exception(TIMEOUT), TimeoutError("Timed out after 60 seconds waiting for node"),
+                                   ConnectionError("Failed to connect to GCS")])
+def test_a_start_up_that_always_times_out_is_one_line_with_cause_and_fix(error):
+    ray, waits = FlakyRay(99, error), []
+    with pytest.raises(ClusterError) as err:
+        ray_runtime._init_local(ray, {"address": "local"}, sleep=waits.append)
+    message = str(err.value)
+    assert isinstance(err.value, UserError) and "\n" not in message
+    assert f"did not start in {ray_runtime.START_ATTEMPTS} attempts" in message and str(error)[:30] in message
+    assert "free some" in message and "run the same command again" in message
+    assert ray.inits == ray_runtime.START_ATTEMPTS and len(waits) == ray_runtime.START_ATTEMPTS - 1
+
+
+def test_other_failures_are_not_retried():
+    ray = FlakyRay(1, ValueError("bad argument num_cpus"))
+    with pytest.raises(ValueError):
+        ray_runtime._init_local(ray, {}, sleep=lambda s: None)
+    assert ray.inits == 1
+
+
+def test_the_command_line_prints_it_as_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    import ray
+    import yaml
+
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "init", FlakyRay(99).init)
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "strategies": ["fedavg"], "rounds": 1, "clients_per_round": 2, "data": {"dataset": "digits"},
+        "model": {"name": "mlp_digits"}, "simulation": {"num_cpus": 1},
+        "partition": {"scheme": "shards", "num_clients": 4, "shard_size": 30, "shards_per_client": 2}}))
+    assert main(["run", str(config), "--out", str(tmp_path / "out")]) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("fedlottery: error:")]
+    assert len(lines) == 1 and "did not start in 3 attempts" in lines[0] and "timed out during startup" in lines[0]
