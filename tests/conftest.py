@@ -47,15 +47,16 @@ def make_task():
 
 @pytest.fixture
 def make_setup():
-    """A server setup over `clients` partitions for a model: make_setup(model_name, clients=4, per_round=2)."""
+    """A server setup over `clients` partitions for a model: make_setup(model_name, clients=4, per_round=2); a
+    20-round run unless `rounds` says otherwise (0: unknown, as a hand-built setup may leave it)."""
 
-    def make(model_name="mlp_digits", clients=4, per_round=2, seed=0):
+    def make(model_name="mlp_digits", clients=4, per_round=2, seed=0, rounds=20):
         torch.manual_seed(seed)
         model = build_model(model_name, (1, 8, 8), 10)
         return ServerSetup(clone_state(model), prunable_names(model), {p: 100 + p for p in range(clients)},
                            per_round, seed, LocalTrainingConfig(), batchnorm_names(model),
                            train_sizes={p: 100 for p in range(clients)}, test_sizes={p: 50 for p in range(clients)},
-                           head=head_names(model))
+                           head=head_names(model), rounds=rounds)
 
     return make
 
