@@ -58,11 +58,14 @@ def _check_out(out: Path, overwrite: bool, products: tuple[str, ...]) -> list[st
 _HELD_LOCKS: list = []  # this process's output-directory locks (fedlottery.runs.lock), released by main()
 
 
-def _ensure_writable(out: Path) -> None:
-    """Create --out and take its lock (DIR/.lock, one run per directory), then write a probe file in it: a
-    directory we cannot write to fails here, not mid-run. The lock comes before anything else is written."""
+def _ensure_writable(out: Path, run_dirs: list[Path]) -> None:
+    """Create --out and take the lock of every run directory this command writes (DIR/.lock, one run per
+    directory: --out itself, or with --seeds each DIR/seed<S>, so seeds run by separate processes into one --out
+    do not block each other), then write a probe file in --out: a directory we cannot write to fails here, not
+    mid-run. The locks come before anything else is written."""
     try:
-        _HELD_LOCKS.append(take_lock(out, _COMMAND[0]))
+        for run_dir in run_dirs:
+            _HELD_LOCKS.append(take_lock(run_dir, _COMMAND[0]))
         with tempfile.TemporaryFile(dir=out, prefix=".fedlottery-probe-") as probe:
             probe.write(b"ok")
     except OSError as err:
@@ -103,7 +106,7 @@ def cmd_imp(args: argparse.Namespace) -> int:
     if cfg.data.val_size >= n_train:
         raise ConfigError(f"data.val_size: {cfg.data.val_size} would leave no training data ({cfg.data.dataset} "
                           f"has {n_train} training images); set data.val_size below {n_train}")
-    _ensure_writable(out)
+    _ensure_writable(out, [out])
     _clear_out(out, existing)
     stderr_log(f"IMP: {cfg.model.name} on {cfg.data.dataset}, {runner.planned_runs()} training runs -> {out}")
     runner.run()
@@ -142,7 +145,9 @@ def _federated_job(args: argparse.Namespace, out_prefix: str = "", strategies: l
     out = Path(args.out or Path("runs") / f"{out_prefix}{Path(args.config).stem}")
     if args.seeds:  # one run directory per seed, and the table over them
         extra_products = tuple(f"seed{s}" for s in args.seeds) + ("table.md",) + SEED_PLOTS
-    check_unlocked(out)  # a live run there is named before anything about its results is said
+    run_dirs = [out / f"seed{s}" for s in args.seeds] if args.seeds else [out]
+    for run_dir in run_dirs:
+        check_unlocked(run_dir)  # a live run there is named before anything about its results is said
     if args.resume:
         for where, seed in ([(out / f"seed{s}", s) for s in args.seeds] if args.seeds else [(out, cfg.seed)]):
             if args.seeds and not where.exists():
@@ -153,7 +158,7 @@ def _federated_job(args: argparse.Namespace, out_prefix: str = "", strategies: l
         existing = _check_out(out, args.overwrite, (() if args.seeds else RESULT_FILES) + extra_products)
     dataset = load_dataset(cfg.data)  # cached in-process: the server reuses it
     make_partitions(dataset, cfg.partition, cfg.seed)
-    _ensure_writable(out)
+    _ensure_writable(out, run_dirs)
     if args.entry == "flwr":
         from fedlottery.runtime.flwr_entry import check_flwr_entry
 

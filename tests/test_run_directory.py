@@ -166,3 +166,19 @@ def test_two_concurrent_runs_on_one_directory(tmp_path):
     assert not (out / "client_state" / "stale.pt").exists()  # --overwrite removed it once the run started
     rows = (out / "rounds.csv").read_text().splitlines()
     assert len(rows) == 7 and [r.split(",")[0] for r in rows[1:]] == [str(r) for r in range(1, 7)]
+
+
+def test_seeds_run_by_separate_processes_into_one_out_lock_only_their_own_seed(tmp_path):
+    """`--seeds S --out DIR` locks DIR/seed<S>, not DIR: seeds run side by side in separate processes (and joined
+    by `fedlottery merge` or the seeds table) do not block each other, while one seed cannot be run twice."""
+    from fedlottery import cli
+
+    out = tmp_path / "out"
+    cli._ensure_writable(out, [out / "seed0"])
+    try:
+        check_unlocked(out / "seed1")  # another process's seed: free
+        check_unlocked(out)
+        with pytest.raises(RunLocked, match="another fedlottery run is using this directory"):
+            check_unlocked(out / "seed0")
+    finally:
+        cli._release_locks()
