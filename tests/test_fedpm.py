@@ -18,7 +18,7 @@ from fedlottery.sparsity import Mask
 from fedlottery.training import evaluate
 from strategies.base import ClientData, ClientTask
 from strategies.fedpm import FedPMOptions, FedPMStrategy, mask_entropy_bits
-from test_baselines import Federation, needs_client_app, small_config
+from test_baselines import Federation, small_config
 
 
 def _toy(n, seed, input_shape):
@@ -287,7 +287,6 @@ def test_evaluation_sends_theta0_under_the_evaluation_mask(make_setup, flower_ru
 
 
 # ---- through the real ClientApp ------------------------------------------------------------------------------
-@needs_client_app
 def test_fedpm_rounds_through_the_client_app(tmp_path, flower_run):
     cfg = small_config(["fedpm"], evaluation={"deployed": True})
     fed = Federation(tmp_path, "fedpm", cfg)

@@ -6,6 +6,7 @@ per-strategy RNG, FLASH's hunt (or any extra draw) shifted every later round's c
 changed its clients' batches, so "the same algorithm under another name" gave other numbers."""
 import math
 import uuid
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,8 +108,10 @@ def test_a_renamed_fedavg_trains_to_bit_identical_weights(tmp_path, flower_run, 
 class InProcessGrid:
     """A Flower Grid stand-in that hands each message to the real ClientApp handlers of in-process clients."""
 
-    def __init__(self, num_clients: int):
-        self.contexts = {100 + pid: Context(run_id=1, node_id=100 + pid, node_config={"partition-id": pid},
+    def __init__(self, num_clients: int, state_dir: Path):
+        """Each node owns its client-state directory (its node config says where), as a simulation's do."""
+        self.contexts = {100 + pid: Context(run_id=1, node_id=100 + pid,
+                                            node_config={"partition-id": pid, "state-dir": str(state_dir)},
                                             state=RecordDict(), run_config={}) for pid in range(num_clients)}
 
     def get_node_ids(self):
@@ -132,7 +135,7 @@ def test_rounds_csv_records_the_paired_schedule_for_every_strategy(tmp_path, flo
     cfg = small_config(names, rounds=3, clients_per_round=2, model={"name": "mlp_digits"}, local={"epochs": 1},
                        checkpoint={"every": 0},
                        strategy_options={"flash-jmwst": {"hunt_fraction": 0.75, "hunt_epochs": 1}})
-    run_experiment(InProcessGrid(4), cfg, tmp_path, log=lambda _: None)
+    run_experiment(InProcessGrid(4, (tmp_path / "client_state").resolve()), cfg, tmp_path, log=lambda _: None)
     rows = read_csv(tmp_path / "rounds.csv")
     assert [(r["strategy"], r["round"]) for r in rows] == [(n, rnd) for n in names for rnd in (1, 2, 3)]
     for row in rows:
