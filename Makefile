@@ -17,8 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	@echo "== set-up 2/3: installing $(TORCH_SPEC)"
 	$(BIN)/python -m pip install "$(TORCH_SPEC)"
-	@echo "== set-up 3/3: installing fedlottery with Flower, Ray (with its job API), flwr-datasets, scikit-learn, matplotlib, pytest, TensorBoard and MkDocs"
-	$(BIN)/python -m pip install -e ".[test,cluster]"
+	@echo "== set-up 3/3: installing fedlottery with Flower, Ray, flwr-datasets, scikit-learn, matplotlib, pytest, TensorBoard and MkDocs"
+	$(BIN)/python -m pip install -e ".[test]"
 	@echo "== set-up done: $(VENV) is ready"
 	touch $@
 
