@@ -45,8 +45,8 @@ from fedlottery.models import clone_state
 from fedlottery.sparsity import Mask
 from fedlottery.training import train
 from fedlottery.comm import pack_state
-from strategies.base import DENSITY_SLACK, RELAY_PREFIX, ClientTask, ClientUpdate, FederatedStrategy, Reply
-from strategies.dst import Regrow, check_unit, cosine_rate, horizon, random_client_mask, readjust
+from strategies.base import RELAY_PREFIX, ClientTask, ClientUpdate, FederatedStrategy, Reply
+from strategies.dst import AnnealedDSTStrategy, Regrow, check_unit, random_client_mask, readjust
 
 
 @dataclass
@@ -80,7 +80,7 @@ def neighbour_average(own: dict[str, torch.Tensor], own_mask: Mask,
     return {n: (t * own_mask[n].to(t.dtype) if n in own_mask else t) for n, t in averaged.items()}
 
 
-class DisPFLStrategy(FederatedStrategy):
+class DisPFLStrategy(AnnealedDSTStrategy):
     """DisPFL via a relay: each client averages its neighbours' sparse models over holders, trains, drops, regrows."""
 
     name = "dispfl"
@@ -145,13 +145,6 @@ class DisPFLStrategy(FederatedStrategy):
             out[f"{RELAY_PREFIX}{j}"] = pack_state(self.last_model(j, mask), mask, None, self.personal, comm.codec,
                                                    comm.values)
         return out
-
-    def instructions(self, partition_id: int, server_round: int) -> dict[str, Any]:
-        opts = self.options
-        return {"rate": cosine_rate(opts.alpha, server_round, horizon(opts.t_end, self.setup.rounds, 1.0, self.name))}
-
-    def min_density(self, partition_id: int, sent: Mask) -> float:
-        return sent.density() - DENSITY_SLACK
 
     # ---- client half ----
     @classmethod

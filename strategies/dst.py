@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from torch import nn
 from fedlottery.errors import ConfigError
 from fedlottery.sparsity import Mask, drop_and_regrow, layer_counts, random_mask_with_counts
 from fedlottery.training import Split
+from strategies.base import DENSITY_SLACK, FederatedStrategy
 
 Regrow = Literal["gradient", "random"]
 
@@ -90,3 +91,22 @@ def check_unit(path: str, **values: float) -> None:
         ok = 0 < value <= 1 if key in ("density", "neighbours") else 0 <= value < 1
         if not ok:
             raise ConfigError(f"{path}.{key}: invalid value {value!r}")
+
+
+class AnnealedDSTStrategy(FederatedStrategy):
+    """The server side FedDST, FedSpa and DisPFL share: every client's drop-and-regrow step runs at a cosine-annealed
+    rate the server sends ("rate"), reaching 0 at `horizon` (options.t_end, else `horizon_fraction` of the run's
+    rounds), and it keeps each layer's count, so an honest upload has the density of the mask it was sent."""
+
+    horizon_fraction: ClassVar[float] = 1.0
+
+    def rate(self, server_round: int) -> float:
+        opts = self.options
+        end = horizon(opts.t_end, self.setup.rounds, self.horizon_fraction, self.name)
+        return cosine_rate(opts.alpha, server_round, end)
+
+    def instructions(self, partition_id: int, server_round: int) -> dict[str, Any]:
+        return {"rate": self.rate(server_round)}
+
+    def min_density(self, partition_id: int, sent: Mask) -> float:
+        return sent.density() - DENSITY_SLACK

@@ -35,8 +35,8 @@ from fedlottery.errors import ConfigError
 from fedlottery.models import clone_state
 from fedlottery.sparsity import Mask, layer_counts, top_magnitude_mask
 from fedlottery.training import train
-from strategies.base import DENSITY_SLACK, ClientTask, ClientUpdate, FederatedStrategy, Reply, ServerSetup
-from strategies.dst import Regrow, check_unit, cosine_rate, horizon, readjust
+from strategies.base import ClientTask, ClientUpdate, FederatedStrategy, Reply, ServerSetup
+from strategies.dst import AnnealedDSTStrategy, Regrow, check_unit, readjust
 
 
 @dataclass
@@ -62,8 +62,10 @@ def global_start_mask(options: FedDSTOptions, theta0: dict[str, torch.Tensor], p
     return top_magnitude_mask({n: theta0[n] for n in prunable}, counts)
 
 
-class FedDSTStrategy(FederatedStrategy):
+class FedDSTStrategy(AnnealedDSTStrategy):
     """FedDST: one global sparse mask; clients readjust it now and then; the server re-prunes the union."""
+
+    horizon_fraction = 0.5  # T_end = rounds / 2 (the paper)
 
     name = "feddst"
     options_cls = FedDSTOptions
@@ -88,17 +90,9 @@ class FedDSTStrategy(FederatedStrategy):
 
     def rate(self, server_round: int) -> float:
         """alpha_t in a readjustment round, else 0."""
-        opts = self.options
-        if (server_round - 1) % opts.r_adj:
+        if (server_round - 1) % self.options.r_adj:
             return 0.0
-        return cosine_rate(opts.alpha, server_round, horizon(opts.t_end, self.setup.rounds, 0.5, self.name))
-
-    def instructions(self, partition_id: int, server_round: int) -> dict[str, Any]:
-        return {"rate": self.rate(server_round)}
-
-    def min_density(self, partition_id: int, sent: Mask) -> float:
-        """Drop-and-regrow keeps every layer's count: the density stays that of the mask sent."""
-        return sent.density() - DENSITY_SLACK
+        return super().rate(server_round)
 
     @classmethod
     def client_train(cls, task: ClientTask) -> ClientUpdate:

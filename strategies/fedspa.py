@@ -32,8 +32,8 @@ from fedlottery.errors import ConfigError
 from fedlottery.models import clone_state
 from fedlottery.sparsity import Mask
 from fedlottery.training import train
-from strategies.base import DENSITY_SLACK, ClientTask, ClientUpdate, FederatedStrategy, Reply
-from strategies.dst import Regrow, check_unit, cosine_rate, horizon, random_client_mask, readjust
+from strategies.base import ClientTask, ClientUpdate, Reply
+from strategies.dst import AnnealedDSTStrategy, Regrow, check_unit, random_client_mask, readjust
 
 
 @dataclass
@@ -53,7 +53,7 @@ class FedSpaOptions:
             raise ConfigError(f"{path}: grad_batches and t_end must be >= 1")
 
 
-class FedSpaStrategy(FederatedStrategy):
+class FedSpaStrategy(AnnealedDSTStrategy):
     """FedSpa: a personalised sparse mask per client, evolved by DST on the client; masked mean on the server."""
 
     name = "fedspa"
@@ -66,16 +66,6 @@ class FedSpaStrategy(FederatedStrategy):
                      prunable: list[str]) -> Mask:
         shapes = {n: theta0[n].shape for n in prunable}
         return random_client_mask(shapes, options.density, options.distribution, seed, partition_id, cls.name)
-
-    def rate(self, server_round: int) -> float:
-        opts = self.options
-        return cosine_rate(opts.alpha, server_round, horizon(opts.t_end, self.setup.rounds, 1.0, self.name))
-
-    def instructions(self, partition_id: int, server_round: int) -> dict[str, Any]:
-        return {"rate": self.rate(server_round)}
-
-    def min_density(self, partition_id: int, sent: Mask) -> float:
-        return sent.density() - DENSITY_SLACK
 
     @classmethod
     def client_train(cls, task: ClientTask) -> ClientUpdate:

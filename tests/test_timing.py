@@ -3,7 +3,6 @@ deadline is only a hang guard, so a run with one artificially slowed client acto
 for byte (wall times aside); a client the hang guard does drop flags the run as timing-dependent."""
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
@@ -14,15 +13,9 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from fedlottery.config import FederatedConfig, from_dict
 from fedlottery.runtime.faults import SLOW_ENV, is_marked_late, mark_late, slow_down
 
-CONFIG = {
-    "seed": 4, "strategies": ["fedavg"], "rounds": 3, "clients_per_round": 3,
-    "data": {"dataset": "digits"}, "model": {"name": "mlp_digits"},
-    "partition": {"scheme": "shards", "num_clients": 4, "shard_size": 30, "shards_per_client": 2,
-                  "val_fraction": 0.2},
-    "local": {"lr": 0.05, "epochs": 1}, "evaluation": {"every": 3},
-    "faults": {"late": 0.3},
-    "simulation": {"num_cpus": 1},
-}
+# The tiny experiment with 30% late clients over 3 rounds of 3 (conftest.TINY_CONFIG otherwise).
+TIMING = dict(seed=4, rounds=3, clients_per_round=3, partition={"shard_size": 30, "val_fraction": 0.2},
+              evaluation={"every": 3}, faults={"late": 0.3})
 
 
 def test_a_late_mark_costs_no_time_and_is_seen(flower_run):
@@ -42,20 +35,15 @@ def test_the_slow_hook_sleeps_only_for_its_partition(monkeypatch):
     assert time.monotonic() - start >= 0.3
 
 
-def _without_wall_times(out: Path) -> dict:
-    with (out / "rounds.csv").open() as f:
-        rounds = [{k: v for k, v in row.items() if k not in ("wall_s", "eval_wall_s")} for row in csv.DictReader(f)]
-    summary = json.loads((out / "summary.json").read_text())
-    for s in summary["strategies"].values():
-        s.pop("wall_s")
-    return {"rounds.csv": rounds, "clients.csv": (out / "clients.csv").read_text(), "summary.json": summary,
-            "failures.log": (out / "failures.log").read_text()}
+def _results(run_files, out: Path) -> dict:
+    """The run's result files without wall-clock fields (conftest.run_files), and its failures.log."""
+    return {**run_files(out), "failures.log": (out / "failures.log").read_text()}
 
 
-def _run(tmp_path: Path, name: str, monkeypatch, slow: str | None, **simulation) -> Path:
+def _run(tmp_path: Path, name: str, monkeypatch, tiny_config, slow: str | None, **simulation) -> Path:
     from fedlottery.runtime.simulation import run_federated
 
-    cfg = from_dict(FederatedConfig, {**CONFIG, "simulation": {**CONFIG["simulation"], **simulation}})
+    cfg = from_dict(FederatedConfig, tiny_config(**TIMING, simulation=simulation))
     if slow:
         monkeypatch.setenv(SLOW_ENV, slow)  # the client actors inherit it from this process
     else:
@@ -65,17 +53,18 @@ def _run(tmp_path: Path, name: str, monkeypatch, slow: str | None, **simulation)
 
 
 @pytest.mark.slow
-def test_a_slow_client_actor_changes_nothing_and_a_run_past_the_guard_is_flagged(tmp_path, monkeypatch):
+def test_a_slow_client_actor_changes_nothing_and_a_run_past_the_guard_is_flagged(tmp_path, monkeypatch, tiny_config,
+                                                                                       run_files):
     from fedlottery.runs.report import comparison_table
 
-    normal = _without_wall_times(_run(tmp_path, "normal", monkeypatch, None))
+    normal = _results(run_files, _run(tmp_path, "normal", monkeypatch, tiny_config, None))
     assert sum(int(r["failed_train_clients"]) for r in normal["rounds.csv"]) > 0  # late clients were dropped
     assert "deadline" in normal["failures.log"]
     assert normal["summary.json"]["strategies"]["fedavg"]["hang_guard_drops"] == 0
-    slowed = _without_wall_times(_run(tmp_path, "slowed", monkeypatch, "1:2.5"))
+    slowed = _results(run_files, _run(tmp_path, "slowed", monkeypatch, tiny_config, "1:2.5"))
     assert slowed == normal
 
-    guarded = _run(tmp_path, "guarded", monkeypatch, "1:8", round_timeout=2.0)
+    guarded = _run(tmp_path, "guarded", monkeypatch, tiny_config, "1:8", round_timeout=2.0)
     summary = json.loads((guarded / "summary.json").read_text())
     assert summary["strategies"]["fedavg"]["hang_guard_drops"] > 0
     table = comparison_table([("guarded", summary)])

@@ -14,16 +14,6 @@ from fedlottery.runs.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_ch
 from fedlottery.runs.results import CsvLog
 from fedlottery.runtime.server_app import results_write_error
 
-CONFIG = {
-    "seed": 1, "strategies": ["fedavg"], "rounds": 4, "clients_per_round": 2,
-    "data": {"dataset": "digits"}, "model": {"name": "mlp_digits"},
-    "partition": {"scheme": "shards", "num_clients": 4, "shard_size": 30, "shards_per_client": 2,
-                  "val_fraction": 0.2},
-    "local": {"lr": 0.05, "epochs": 1}, "evaluation": {"every": 2},
-    "simulation": {"num_cpus": 1},
-}
-
-
 def test_the_line_says_where_the_checkpoint_stands(tmp_path):
     full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "rounds.csv"))
     line = str(results_write_error(tmp_path, full))
@@ -55,9 +45,10 @@ def _rows(out: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_disk_full_mid_run_is_one_line_and_resume_finishes(tmp_path, capsys, monkeypatch):
+def test_disk_full_mid_run_is_one_line_and_resume_finishes(tmp_path, capsys, monkeypatch, tiny_config):
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump(CONFIG))
+    config.write_text(yaml.safe_dump(tiny_config(rounds=4, partition={"shard_size": 30, "val_fraction": 0.2},
+                                                  evaluation={"every": 2})))
     out = tmp_path / "out"
     real_append, written = CsvLog.append, []
 

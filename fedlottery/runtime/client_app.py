@@ -20,7 +20,7 @@ from flwr.clientapp import ClientApp
 
 from fedlottery.runtime import stock_client
 from fedlottery.runtime.client_cache import (
-    client_data, device_for, experiment, initial_state, model_head, partitions, shared_test_set,
+    client_data, device_for, experiment, initial_state, model_head, partitions, shared_test_set, strategy_spec,
 )
 from fedlottery.runs.client_state import (
     ClientState, ClientStateError, ClientStateStore, ContextStore, DirectoryStore, check_requested_state_dir,
@@ -34,7 +34,7 @@ from fedlottery.schedule import client_seed
 from fedlottery.runtime.shared_evaluation import evaluate_shared
 from fedlottery.sparsity import Mask
 from fedlottery.training import evaluate, evaluate_many, train, warm_up
-from strategies import get_strategy, spec_for
+from strategies import get_strategy
 from strategies.base import RELAY_PREFIX, ClientData, ClientTask, ClientUpdate, FederatedStrategy, mask_crc
 
 app = ClientApp()
@@ -132,7 +132,7 @@ def _receive(message: Message, context: Context, training: bool) -> _Received:
     if int(conf["partition-id"]) != pid:
         raise RuntimeError(f"message meant for partition {conf['partition-id']} reached partition {pid}")
     label, server_round = str(conf["strategy"]), int(conf["round"])  # a variant's label, or the strategy's name
-    spec = spec_for(cfg, label)
+    spec = strategy_spec(config_json, label)
     name = spec.name
     faults = faults_of(cfg.faults, cfg.seed, server_round, pid, TRAIN_FAULTS if training else EVAL_FAULTS)
     if "train_crash" in faults or "eval_crash" in faults:

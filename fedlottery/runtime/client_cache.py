@@ -17,6 +17,7 @@ from fedlottery.data import load_dataset, make_partitions
 from fedlottery.models import batchnorm_names, build_model, clone_state, head_names, prunable_names
 from fedlottery.runtime.experiment import experiment_from_dict
 from fedlottery.runtime.shared_evaluation import worth_sharing
+from strategies import StrategySpec, spec_for
 from strategies.base import ClientData
 
 
@@ -91,3 +92,10 @@ def shared_test_set(config_json: str, device: torch.device) -> tuple[torch.Tenso
     if not worth_sharing([int(s.test.numel()) for s in splits], len(dataset.y_test)):
         return None
     return dataset.x_test.to(device), dataset.y_test.to(device)
+
+
+@functools.lru_cache(maxsize=64)
+def strategy_spec(config_json: str, label: str) -> StrategySpec:
+    """The config entry a message's label names (strategy, typed options, comm), resolved once per process: the
+    whole strategies list is built and checked to find it, which no client should redo for every message."""
+    return spec_for(experiment(config_json), label)
