@@ -30,7 +30,8 @@ def _run(where, finished, unfinished=(), config=None, acc=0.5):
         clients.append({"strategy": name, "seed": 0, "partition_id": 0, "final_acc": acc})
     config = copy.deepcopy(config or _config())
     config["strategies"] = [*finished, *unfinished]
-    write_json(where / "summary.json", {"config": config, "strategies": {n: {"acc": acc} for n in finished}})
+    summary = {"acc": acc, "personalized_acc_final": acc, "bytes_up": 1000, "bytes_down": 2000}
+    write_json(where / "summary.json", {"config": config, "strategies": {n: dict(summary) for n in finished}})
     return where
 
 
@@ -107,3 +108,28 @@ def test_only_the_named_strategies_are_taken(tmp_path, capsys):
     with pytest.raises(ConfigError, match="holds no finished local"):
         merge(record, variant, only=["fedavg", "local"])
     assert (variant / "rounds.csv").read_bytes() == before
+
+
+def test_a_seed_run_by_another_process_joins_a_seeds_record(tmp_path, capsys):
+    for seed in (0, 1):
+        _run(tmp_path / "record" / f"seed{seed}", ["fedavg", "fedbn"], config=_config(seed=seed))
+    other = _run(tmp_path / "other" / "seed2", ["fedavg", "fedbn"], config=_config(seed=2))
+    (other / "client_state").mkdir()  # a run's working files stay behind
+    assert main(["merge", str(tmp_path / "other"), str(tmp_path / "record")]) == 0
+    out = capsys.readouterr().out
+    assert "added seed 2" in out and "table.md" in out
+    joined = tmp_path / "record" / "seed2"
+    assert sorted(p.name for p in joined.iterdir()) == ["clients.csv", "rounds.csv", "summary.json"]
+    assert (joined / "rounds.csv").read_bytes() == (other / "rounds.csv").read_bytes()
+    assert (tmp_path / "record" / "table.md").read_text().startswith("seeds [0, 1, 2]")
+
+
+def test_a_seed_of_another_experiment_or_missing_a_strategy_is_refused(tmp_path):
+    _run(tmp_path / "record" / "seed0", ["fedavg", "fedbn"])
+    _run(tmp_path / "other" / "seed1", ["fedavg", "fedbn"], config=_config(seed=1, rounds=3))
+    with pytest.raises(ConfigError, match="different experiments.*rounds"):
+        merge(tmp_path / "other", tmp_path / "record")
+    _run(tmp_path / "short" / "seed1", ["fedavg"], config=_config(seed=1))
+    with pytest.raises(ConfigError, match="lacks fedbn"):
+        merge(tmp_path / "short", tmp_path / "record")
+    assert not (tmp_path / "record" / "seed1").exists()

@@ -7,7 +7,8 @@ configs must match in everything but the strategy list. Only strategies the sour
 its summary.json) are taken; rows a killed run left behind for an unfinished strategy, in either directory,
 are dropped, so the merged CSVs hold exactly the strategies of the merged summary. Files are replaced
 atomically, one at a time, summary last. Two `--seeds` directories merge seed by seed. `only` takes a subset,
-e.g. a record's baselines into a variant's run, so its table has their paired differences.
+e.g. a record's baselines into a variant's run, so its table has their paired differences. A seed the record
+lacks (run by a separate process with `--seeds S --out OTHER`) is added whole (`add_seed`).
 """
 from __future__ import annotations
 
@@ -33,7 +34,37 @@ def merge(source: Path, into: Path, replace: bool = False, only: list[str] | Non
         if source.is_dir() else []
     if not seeds:
         raise ConfigError(f"{source}: no summary.json and no finished seed<S>/ directory inside: nothing to merge")
-    return [merge_run(source / name, into / name, replace, only) for name in seeds]
+    return [merge_run(source / name, into / name, replace, only) if (into / name / "summary.json").is_file()
+            else add_seed(source / name, into, only) for name in seeds]
+
+
+SEED_FILES = ("rounds.csv", "clients.csv", "failures.log", "summary.json")  # summary last: it marks "finished"
+
+
+def add_seed(source: Path, into: Path, only: list[str] | None = None) -> str:
+    """A seed the `--seeds` record `into` lacks (run by another process): its result files are copied in as
+    into/seed<S>, after checking it is the record's experiment (its config equal to a recorded seed's but for
+    the seed) and holds every strategy the record's seeds hold. Client state and checkpoints stay behind."""
+    recorded = sorted(d for d in into.iterdir() if SEED_DIR.match(d.name) and (d / "summary.json").is_file()) \
+        if into.is_dir() else []
+    if not recorded:
+        raise ConfigError(f"{into}: no finished seed<S>/ directory to add {source.name} to (copy the source there "
+                          "instead)")
+    theirs, ours = read_json(source / "summary.json"), read_json(recorded[0] / "summary.json")
+    _check_same_experiment({**theirs["config"], "seed": 0}, {**ours["config"], "seed": 0}, source, recorded[0])
+    wanted = list(ours["strategies"]) if only is None else list(only)
+    missing = [s for s in wanted if s not in theirs["strategies"]]
+    if missing:
+        raise ConfigError(f"{source} lacks {', '.join(missing)}, which {recorded[0]} holds: a seed joins a record "
+                          "with the same strategies (run them for this seed first)")
+    target = into / source.name
+    target.mkdir()
+    for name in SEED_FILES:
+        if (source / name).is_file():
+            tmp = target / (name + ".tmp")
+            tmp.write_bytes((source / name).read_bytes())
+            tmp.replace(target / name)
+    return f"{target}: added seed {source.name.removeprefix('seed')} from {source}"
 
 
 def merge_run(source: Path, into: Path, replace: bool = False, only: list[str] | None = None) -> str:
