@@ -132,12 +132,11 @@ def _print_levels_table(summary_path: Path) -> None:
 def _federated_job(args: argparse.Namespace, out_prefix: str = "", strategies: list[str] | None = None,
                    extra_products: tuple[str, ...] = ()):
     """Everything a federated run needs checked before it starts, in order: the config (with the command line's
-    overrides), this machine's resources, --out, the data set and its partitions, then Ray (a private local
-    instance or the configured cluster; under --entry flwr Flower starts it). Only then are an earlier run's
-    results removed (--overwrite)."""
-    from fedlottery.data import load_dataset, make_partitions
+    overrides), this machine's resources, --out, then the data set and its partitions while Ray (a private local
+    instance or the configured cluster; under --entry flwr Flower starts it) comes up on a thread of its own.
+    Only then are an earlier run's results removed (--overwrite)."""
     from fedlottery.runtime.experiment import load_experiment
-    from fedlottery.runtime.ray_runtime import check_resources, start_ray
+    from fedlottery.runtime.ray_runtime import BackgroundStart, check_resources, stop_ray
     from fedlottery.runtime.server_app import RESULT_FILES
 
     cfg = load_experiment(args.config, rounds=args.rounds, strategies=strategies, settings=args.set)
@@ -156,19 +155,35 @@ def _federated_job(args: argparse.Namespace, out_prefix: str = "", strategies: l
         existing = []  # a resumed run keeps its results and goes on from its checkpoint
     else:
         existing = _check_out(out, args.overwrite, (() if args.seeds else RESULT_FILES) + extra_products)
-    dataset = load_dataset(cfg.data)  # cached in-process: the server reuses it
-    make_partitions(dataset, cfg.partition, cfg.seed)
     _ensure_writable(out, run_dirs)
     if args.entry == "flwr":
         from fedlottery.runtime.flwr_entry import check_flwr_entry
 
         check_flwr_entry()
+        _load_data(cfg)
     else:
         from fedlottery.runtime.simulation import client_state_dir
 
-        start_ray(cfg, client_state_dir(out / f"seed{args.seeds[0]}" if args.seeds else out))
+        ray_start = BackgroundStart(cfg, client_state_dir(out / f"seed{args.seeds[0]}" if args.seeds else out))
+        try:
+            _load_data(cfg)
+            import flwr.simulation  # noqa: F401 - the in-process entry's import, also while Ray comes up
+        except BaseException:
+            with contextlib.suppress(Exception):
+                ray_start.wait()
+            stop_ray()
+            raise
+        ray_start.wait()
     _clear_out(out, existing)
     return cfg, out
+
+
+def _load_data(cfg) -> None:
+    """The data set and its partitions, loaded (and checked) before anything is deleted; cached in-process, so
+    the server reuses them."""
+    from fedlottery.data import load_dataset, make_partitions
+
+    make_partitions(load_dataset(cfg.data), cfg.partition, cfg.seed)
 
 
 SEED_PLOTS = ("accuracy_vs_round_seeds.png", "frontier_seeds.png", "client_accuracy_seeds.png")
@@ -194,10 +209,10 @@ def _verbosity(args: argparse.Namespace) -> str:
 def _choose_entry(args: argparse.Namespace) -> None:
     """--entry: `simulation` (in-process, Flower's deprecated run_simulation; the default while this Flower has
     it) or `flwr` (`flwr run .`, fedlottery.runtime.flwr_entry). Sets args.entry; called before anything starts."""
-    from fedlottery.runtime.flwr_entry import in_process_entry_available
+    from fedlottery.runtime.flwr_entry import in_process_entry_likely
 
     if args.entry is None:
-        args.entry = "simulation" if in_process_entry_available() else "flwr"
+        args.entry = "simulation" if in_process_entry_likely() else "flwr"
         if args.entry == "flwr":
             print("fedlottery: this Flower has no in-process entry (flwr.simulation.run_simulation); running "
                   "through `flwr run .` (--entry flwr)", file=sys.stderr)
@@ -297,9 +312,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from fedlottery.runs.merge import merge
 
-    for line in merge(Path(args.source), Path(args.into), args.replace, args.strategies):
+    from fedlottery.runs.seeds import is_seeds_dir, seed_plots, seed_table, summaries
+
+    into = Path(args.into)
+    for line in merge(Path(args.source), into, args.replace, args.strategies):
         print(line)
-    print(f"\ntables and plots: fedlottery report {args.into}")
+    if is_seeds_dir(into):  # the record's own table over seeds and its plots, as `--seeds` wrote them
+        (into / "table.md").write_text(f"seeds {sorted(summaries(into))}\n\n{seed_table(into)}\n")
+        plots = seed_plots(into)
+        print(f"\nwritten: {into}/table.md; plots: {', '.join(p.name for p in plots)}")
+    else:
+        print(f"\ntables and plots: fedlottery report {args.into}")
     return 0
 
 

@@ -70,3 +70,34 @@ def test_the_command_line_prints_it_as_one_line_exit_2(tmp_path, capsys, monkeyp
     assert main(["run", str(config), "--out", str(tmp_path / "out")]) == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("fedlottery: error:")]
     assert len(lines) == 1 and "did not start in 3 attempts" in lines[0] and "timed out during startup" in lines[0]
+
+
+def test_a_failed_background_start_is_raised_by_wait(monkeypatch):
+    def refuse(cfg, state_dir=None):
+        raise ClusterError("no Ray here")
+
+    monkeypatch.setattr(ray_runtime, "start_ray", refuse)
+    start = ray_runtime.BackgroundStart(object())
+    with pytest.raises(ClusterError, match="no Ray here"):
+        start.wait()
+
+
+@pytest.mark.slow
+def test_ray_started_in_the_background_outlives_the_start(tmp_path):
+    """Ray's processes die with the thread that spawned them (PR_SET_PDEATHSIG): after the start, tasks still run
+    seconds later, and the process exits cleanly."""
+    import subprocess
+    import sys
+
+    script = (
+        "import time, ray\n"
+        "from fedlottery.config import FederatedConfig, from_dict\n"
+        "from fedlottery.runtime.ray_runtime import BackgroundStart\n"
+        "cfg = from_dict(FederatedConfig, {'simulation': {'num_cpus': 1, 'actors': 1}})\n"
+        "BackgroundStart(cfg).wait()\n"
+        "time.sleep(3)\n"
+        "print(ray.get(ray.remote(lambda: 41 + 1).remote()))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "42"
+    assert "SIGTERM handler is not set" not in out.stderr

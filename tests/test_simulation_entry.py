@@ -222,15 +222,15 @@ def test_quiet_and_verbose_exclude_each_other(capsys):
 
 
 # ---- --entry flwr: the wrapper around simulations/flwr_run.sh -----------------------------------------------
-def test_without_run_simulation_the_command_falls_back_to_flwr_run(monkeypatch, capsys):
-    import flwr.simulation
-
+def test_without_run_simulation_the_command_falls_back_to_flwr_run(monkeypatch, capsys, tmp_path):
     from fedlottery import cli
+    from fedlottery.runtime import flwr_entry
 
     args = cli.build_parser().parse_args(["run", "configs/default.yaml"])
     cli._choose_entry(args)
     assert args.entry == "simulation"  # this Flower still has it
-    monkeypatch.delattr(flwr.simulation, "run_simulation")
+    (tmp_path / "simulation").mkdir()  # a Flower whose simulation package lacks run_simulation.py
+    monkeypatch.setattr(flwr_entry, "flower_package", lambda: tmp_path)
     args = cli.build_parser().parse_args(["run", "configs/default.yaml"])
     cli._choose_entry(args)
     assert args.entry == "flwr" and "running through `flwr run .`" in capsys.readouterr().err

@@ -163,6 +163,9 @@ class EvaluationConfig:
     global_model: bool = True  # also the (unmasked) global model on the global test set
     deployed: bool = False  # also each client's own last locally trained weights (kept on the client)
     finetune_epochs: int = 0  # > 0: also the personalised model after this many local epochs (a copy)
+    # where the fine-tuned column is computed: at every evaluation, or only at the last round's (the only one
+    # the tables report; fine-tuning each client's copy is most of an evaluation's cost)
+    finetune_rounds: Literal["all", "last"] = "all"
     # > 0: an evaluation before the last round tests this many clients (a seeded sample, the same for every
     # strategy of the run); the last round always tests every client. 0: every client every time.
     sample: int = 0

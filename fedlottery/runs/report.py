@@ -154,9 +154,12 @@ def experiment_title(runs: list[tuple[Path, dict]]) -> str:
 
 
 def sampled_note(config: dict) -> str:
-    """A title's second line when evaluations before the last tested a sample of clients (evaluation.sample)."""
-    sample = config.get("evaluation", {}).get("sample", 0)
-    return f"\nevaluations before the last: {sample} sampled clients" if sample else ""
+    """A title's second line when evaluations before the last tested a sample of clients (evaluation.sample) or
+    left out the fine-tuned column (evaluation.finetune_rounds: last)."""
+    evaluation = config.get("evaluation", {})
+    sample, tuned_last = evaluation.get("sample", 0), evaluation.get("finetune_rounds") == "last"
+    before = ([f"{sample} sampled clients"] if sample else []) + (["no fine-tuned column"] if tuned_last else [])
+    return f"\nevaluations before the last: {', '.join(before)}" if before else ""
 
 
 def _setup(config: dict) -> str:

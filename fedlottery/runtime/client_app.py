@@ -265,7 +265,8 @@ def _evaluate_restored(message: Message, received: _Received, restored: _Restore
     """Score the restored model. A dense model without personal tensors may be the one every client has, so it
     is scored once per process; the fine-tuning copy's seed, like training's, names no strategy."""
     r, mask = received, restored.mask
-    tune_seed = client_seed(r.cfg.seed, r.server_round, r.pid, "finetune")
+    tune_seed = client_seed(r.cfg.seed, r.server_round, r.pid, "finetune") if finetunes_at(r.cfg, r.server_round) \
+        else None
     shared = None
     dense_and_shared = not r.personal and mask.density() == 1.0 and not restored.own_model
     test_set = shared_test_set(r.config_json, device_for(r.cfg)) if dense_and_shared else None
@@ -299,9 +300,10 @@ def _fill_personal_entries(state: dict[str, torch.Tensor], mask: Mask, trained: 
 
 
 def _evaluate(message: Message, model, mask: Mask | None, data: ClientData, held: ClientState, cfg: FederatedConfig,
-              pid: int, tune_seed: int, shared: tuple | None = None) -> Message:
-    """The personalised model on the whole local test set; optionally a fine-tuned copy of it, and the deployed
-    one (the client's own last trained weights, or what it got when it has never trained).
+              pid: int, tune_seed: int | None, shared: tuple | None = None) -> Message:
+    """The personalised model on the whole local test set; a fine-tuned copy of it (seeded with tune_seed; None:
+    none this round), and optionally the deployed one (the client's own last trained weights, or what it got when
+    it has never trained).
     shared: (experiment key, whole test set, this client's test indices) when the personalised model may be
     one that many clients share: it is then scored once per process (fedlottery.runtime.shared_evaluation)."""
     models = [model]
@@ -321,9 +323,17 @@ def _evaluate(message: Message, model, mask: Mask | None, data: ClientData, held
     metrics = {"partition-id": pid, "num-examples": len(data.test[1]), "test-acc": acc, "test-loss": loss}
     if cfg.evaluation.deployed:
         metrics["deployed-acc"] = results[1][1]
-    if cfg.evaluation.finetune_epochs:
+    if tune_seed is not None:
         metrics["finetuned-acc"] = finetuned_accuracy(model, mask, data, cfg, torch.Generator().manual_seed(tune_seed))
     return Message(RecordDict({"model": ArrayRecord(), "metrics": MetricRecord(metrics)}), reply_to=message)
+
+
+def finetunes_at(cfg: FederatedConfig, server_round: int) -> bool:
+    """Whether this evaluation has a fine-tuned column: evaluation.finetune_epochs > 0 and, with
+    evaluation.finetune_rounds = "last", only at the last round's evaluation."""
+    if not cfg.evaluation.finetune_epochs:
+        return False
+    return cfg.evaluation.finetune_rounds == "all" or server_round == cfg.rounds
 
 
 def finetuned_accuracy(model, mask: Mask | None, data: ClientData, cfg: FederatedConfig, generator: torch.Generator

@@ -11,6 +11,7 @@ experiment. It is also what `fedlottery run` falls back to when the installed Fl
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -27,12 +28,20 @@ SCRIPT = ROOT / "simulations" / "flwr_run.sh"
 EXPERIMENT_FILE = "experiment.yaml"  # the effective config, as the ServerApp under `flwr run` reads it
 
 
-def in_process_entry_available() -> bool:
-    """Whether this Flower still has the in-process entry (`flwr.simulation.run_simulation`)."""
-    import flwr.simulation
+def in_process_entry_likely() -> bool:
+    """Whether this Flower still has the in-process entry (`flwr.simulation.run_simulation`), told without
+    importing Flower (1-2 s at start-up, before Ray can start): the installed package ships
+    `flwr/simulation/run_simulation.py`, the module that defines it. The in-process entry imports it later."""
+    package = flower_package()
+    return package is not None and (package / "simulation" / "run_simulation.py").is_file()
 
-    # the function, not the submodule of the same name that `from flwr.simulation import ...` would also find
-    return callable(getattr(flwr.simulation, "run_simulation", None))
+
+def flower_package() -> Path | None:
+    """Where the installed `flwr` package lies, found from its spec (nothing imported)."""
+    spec = importlib.util.find_spec("flwr")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
 
 
 def check_flwr_entry() -> None:

@@ -19,8 +19,10 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import socket
 import sys
+import threading
 from typing import Any
 
 from fedlottery.config import ConfigError, FederatedConfig, ImpConfig, check_ray_address
@@ -231,6 +233,60 @@ def start_ray(cfg: FederatedConfig, state_dir: str | None = None) -> None:
     _STARTED["state_dir"] = state_dir
 
 
+class BackgroundStart:
+    """`start_ray` on a thread of its own, so that Ray's processes come up (2.5-4 s, mostly waiting) while the
+    driver loads the data, builds the partitions and imports Flower. `wait()` returns once Ray is up and raises
+    what `start_ray` raised. The thread then stays parked for the life of the process: Ray starts its processes
+    with PR_SET_PDEATHSIG, so they would be killed the moment the thread that spawned them ended."""
+
+    def __init__(self, cfg: FederatedConfig, state_dir: str | None = None):
+        _exit_on_sigterm()
+        self._up = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._start, args=(cfg, state_dir), name="fedlottery-ray-start",
+                                        daemon=True)
+        self._thread.start()
+
+    def _start(self, cfg: FederatedConfig, state_dir: str | None) -> None:
+        try:
+            with _without_thread_warning():
+                start_ray(cfg, state_dir)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller by wait()
+            self._error = err
+        finally:
+            self._up.set()
+        threading.Event().wait()  # parked: Ray's processes die with this thread
+
+    def wait(self) -> None:
+        self._up.wait()
+        if self._error is not None:
+            raise self._error
+
+
+def _exit_on_sigterm() -> None:
+    """What ray.init does in the main thread and cannot from another: SIGTERM exits through sys.exit, so the
+    atexit hooks (Ray's shutdown among them) run. A handler someone else installed is kept."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+
+
+class _DropThreadWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def _without_thread_warning():
+    """Ray warns that it set no SIGTERM handler off the main thread; `_exit_on_sigterm` has set one."""
+    ray_worker_log = logging.getLogger("ray._private.worker")
+    drop = _DropThreadWarning()
+    ray_worker_log.addFilter(drop)
+    try:
+        yield
+    finally:
+        ray_worker_log.removeFilter(drop)
+
+
 _STARTED: dict = {}  # how start_ray last started Ray in this process (its actors' client-state directory)
 START_ATTEMPTS = 3
 START_BACKOFF_S = 2.0  # before the 2nd attempt; doubled before each later one
@@ -297,5 +353,5 @@ def stop_ray() -> None:
 
 __all__ = [
     "check_actor_gpu_index", "check_imp_resources", "check_resources", "cluster_address", "cuda_gpus", "machine_cpus",
-    "probe", "ray_init_args", "start_ray", "stop_ray",
+    "probe", "ray_init_args", "start_ray", "stop_ray", "BackgroundStart",
 ]

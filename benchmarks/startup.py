@@ -1,0 +1,158 @@
+"""Start-up of `fedlottery run`: time to the first round, total wall time, CPU-seconds and peak RSS of the whole
+process tree (the driver, Ray's processes, the client actors), beside the time of `python -c "import torch,
+flwr"` measured in the same run.
+
+Usage (from the repository root, `.venv` active):
+
+    python benchmarks/startup.py --repeats 3 [--tree OLD_CHECKOUT] [--config configs/default.yaml]
+
+Each repeat times the import, then one `fedlottery run` per code tree (this checkout, and each --tree given,
+e.g. a `git worktree` at an older commit), alternating, so a shared machine's load falls on all of them alike.
+The first round is the moment rounds.csv gains its first row. Results: benchmarks/results/startup.csv (one row
+per run) and startup.md (medians, the ratio to the import and the targets of docs/performance.md).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+POLL_S = 0.1
+
+
+def _proc_table() -> dict[int, tuple[int, float, int]]:
+    """pid -> (parent pid, CPU-s so far, RSS bytes) for every process readable in /proc."""
+    table = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            statm = Path(entry.path, "statm").read_text().split()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after the command name, which may hold spaces
+        table[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS, int(statm[1]) * PAGE)
+    return table
+
+
+def _descendants(root: int, table: dict[int, tuple[int, float, int]]) -> set[int]:
+    tree, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, (ppid, _, _) in table.items():
+            if ppid in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return tree
+
+
+class TreeMeter:
+    """Polls a process tree: the peak of its summed RSS and each process's last-seen CPU-seconds (a process that
+    exits between two polls loses at most POLL_S of CPU; Ray's processes also outlive the driver briefly)."""
+
+    def __init__(self, root: int):
+        self.root, self.peak_rss, self.cpu = root, 0, {}
+
+    def poll(self) -> None:
+        table = _proc_table()
+        tree = _descendants(self.root, table)
+        self.peak_rss = max(self.peak_rss, sum(table[p][2] for p in tree if p in table))
+        for pid in tree:
+            if pid in table:
+                self.cpu[pid] = table[pid][1]
+
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu.values())
+
+
+def time_import(python: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([python, "-c", "import torch, flwr"], check=True)
+    return time.perf_counter() - start
+
+
+def first_round_seen(rounds_csv: Path) -> bool:
+    try:
+        with rounds_csv.open() as fh:
+            return sum(1 for _ in fh) >= 2
+    except OSError:
+        return False
+
+
+def time_run(python: str, tree: Path, config: Path, env: dict[str, str]) -> dict:
+    """One `fedlottery run` from `tree`: seconds to the first rounds.csv row, total, CPU-s and peak RSS."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        run_env = {**env, "PYTHONPATH": str(tree)}
+        start = time.perf_counter()
+        proc = subprocess.Popen([python, "-m", "fedlottery.cli", "run", str(config), "--out", str(out), "-q"],
+                                cwd=tree, env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        meter, first = TreeMeter(proc.pid), None
+        while proc.poll() is None:
+            meter.poll()
+            if first is None and first_round_seen(out / "rounds.csv"):
+                first = time.perf_counter() - start
+            time.sleep(POLL_S)
+        total = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"fedlottery run from {tree} failed: {proc.stderr.read()[-2000:]}")
+    return {"first_round_s": first, "total_s": total, "cpu_s": meter.cpu_seconds(),
+            "peak_rss_mib": meter.peak_rss / 2**20}
+
+
+def summarise(rows: list[dict], trees: list[str]) -> str:
+    imports = [r["import_s"] for r in rows if r["tree"] == trees[0]]
+    lines = [f"`python benchmarks/startup.py --repeats {len(imports)}` ({len(imports)} alternating repeats; "
+             f"`import torch, flwr`: median {statistics.median(imports):.2f} s)", "",
+             "| code | first round s | first round / import | total s | CPU-s (process tree) | peak RSS MiB |",
+             "|---|---|---|---|---|---|"]
+    for tree in trees:
+        mine = [r for r in rows if r["tree"] == tree]
+        med = {k: statistics.median(r[k] for r in mine) for k in ("first_round_s", "total_s", "cpu_s", "peak_rss_mib")}
+        ratio = statistics.median(r["first_round_s"] / r["import_s"] for r in mine)
+        lines.append(f"| {tree} | {med['first_round_s']:.2f} | {ratio:.2f}x | {med['total_s']:.2f} | "
+                     f"{med['cpu_s']:.1f} | {med['peak_rss_mib']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
+    parser.add_argument("--tree", action="append", default=[], help="another checkout to time beside this one")
+    parser.add_argument("--out", default=str(RESULTS / "startup"), help="OUT.csv and OUT.md are written")
+    args = parser.parse_args()
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    env.setdefault("FEDLOTTERY_DATA", str(ROOT.parent / "shared" / "data"))
+    trees = [str(ROOT)] + [str(Path(t).resolve()) for t in args.tree]
+    rows = []
+    for repeat in range(args.repeats):
+        import_s = time_import(sys.executable)
+        for tree in trees:
+            row = {"repeat": repeat, "tree": tree, "import_s": import_s,
+                   **time_run(sys.executable, Path(tree), Path(args.config).resolve(), env)}
+            rows.append(row)
+            print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    out = Path(args.out)
+    with out.with_suffix(".csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    table = summarise(rows, trees)
+    out.with_suffix(".md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
