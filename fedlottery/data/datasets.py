@@ -24,7 +24,7 @@ from fedlottery.data.digits import load_digits
 from fedlottery.data.idx import IDX_SETS, load_idx_set
 from fedlottery.data.record import FIX_HINT, Dataset
 from fedlottery.data.splits import train_val_split
-from fedlottery.errors import ConfigError, DataCorruptError, DataNotFoundError
+from fedlottery.errors import DataCorruptError, DataNotFoundError
 
 __all__ = [
     "DATASETS",
