@@ -2,8 +2,9 @@
 (unknown key, wrong type, impossible value) is caught before any work starts, and the error names the key path
 (e.g. ``pruning.rate``).
 
-Four modules: `loader` (YAML, dataclass building, `--set`), `sections` (data, model, training),
-`imp` (the centralized IMP schema) and `federated` (the federated schema). The package imports nothing from
+Five modules: `loader` (YAML, dataclass building, `--set`), `sections` (data, model, training),
+`imp` (the centralized IMP schema), `federated` (the federated schema) and `plugins` (a user's model or data set
+named by import path or entry point, resolved with importlib only). The package imports nothing from
 fedlottery but `fedlottery.errors`, and no FL library; checks that need the registries (strategy names and
 options, data set and model names) live beside them, and `fedlottery.runtime.experiment` runs them all.
 """

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fedlottery.config.loader import _TRAINING_DEVICE, _check
+from fedlottery.config.plugins import check_import_path
 
 
 @dataclass
@@ -13,11 +14,15 @@ class DataConfig:
 
     ``dataset: hf`` reads a Hugging Face data set saved with ``DatasetDict.save_to_disk`` (splits ``train`` and
     ``test``) from `path`, offline; its images are in `image_column` (default ``image``) and its integer,
-    ClassLabel or string labels in `label_column` (default ``label``).
+    ClassLabel or string labels in `label_column` (default ``label``). A user's own data set is named by the
+    import path of its loader or by an entry point (docs/plugins.md); only the spelling is checked here, the
+    loader is imported by fedlottery.data.check_data_config.
     """
 
-    dataset: str = "digits"  # digits (inside scikit-learn), mnist, fashion_mnist, cifar10 or hf
-    root: str | None = None  # None: $FEDLOTTERY_DATA, then ../shared/data
+    # digits (inside scikit-learn), mnist, fashion_mnist, cifar10, hf, or your own (docs/plugins.md): a loader's
+    # import path package.module:function or the name of a `fedlottery.datasets` entry point
+    dataset: str = "digits"
+    root: str | None = None  # None: $FEDLOTTERY_DATA, then ../shared/data (a loader of your own that takes `root` gets it)
     val_size: int = 300  # `fedlottery imp`: training images held out for validation (federated: partition.val_fraction)
     path: str | None = None  # dataset hf: the directory save_to_disk wrote (relative: to the working directory)
     image_column: str | None = None  # dataset hf: None means "image"
@@ -27,6 +32,7 @@ class DataConfig:
         # The data set's name (and, for hf, the directory and columns) is checked against the loaders by
         # fedlottery.data.check_data_config.
         _check(self.val_size >= 0, f"{path}.val_size", "must be >= 0")
+        check_import_path(self.dataset, f"{path}.dataset")
         for key in ("path", "image_column", "label_column"):
             value = getattr(self, key)
             if value is None:
@@ -39,12 +45,19 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Architecture by registry name and the initialisation of its prunable weights."""
+    """Architecture by registry name (or a user's own, docs/plugins.md) and the initialisation of its weights."""
 
-    name: str = "mlp_digits"  # a registry name (fedlottery.models.MODELS), e.g. lenet_300_100, lotteryfl_cnn_bn
-    # how conv and linear weights are drawn (biases start at zero); default: torch's own initialisation
-    init: Literal["glorot_normal", "kaiming_normal", "default"] = "glorot_normal"
-    # The name is checked against the model registry by fedlottery.runtime.experiment (check_model_config).
+    # a registry name (fedlottery.models.MODELS), e.g. lenet_300_100, lotteryfl_cnn_bn, or your own model
+    # (docs/plugins.md): a builder's import path package.module:function or a `fedlottery.models` entry point
+    name: str = "mlp_digits"
+    # how conv and linear weights are drawn (biases start at zero); default: torch's own initialisation; keep:
+    # as the builder made them (a user model's own initialisation)
+    init: Literal["glorot_normal", "kaiming_normal", "default", "keep"] = "glorot_normal"
+    # The name is resolved against the model registry and the plug-ins by fedlottery.runtime.experiment
+    # (check_model_config); only an import path's spelling is checked here.
+
+    def validate(self, path: str) -> None:
+        check_import_path(self.name, f"{path}.name")
 
 
 @dataclass

@@ -7,8 +7,9 @@ copy that ships inside scikit-learn, and for ``hf`` from a Hugging Face data set
 `Dataset` record (fedlottery.data.record): float32 images in NCHW layout, already normalised, and int64 labels.
 
 One module per file format, each readable alone: `digits` (scikit-learn), `idx` (MNIST, Fashion-MNIST),
-`cifar` (python batches, JPEG zip and its .npz cache), `hf` (Hugging Face on disk); `splits` holds the
-train/validation splitter.  This module picks the loader and memoises what it returns.
+`cifar` (python batches, JPEG zip and its .npz cache), `hf` (Hugging Face on disk), `plugin` (a user's own
+loader, named by import path or entry point); `splits` holds the train/validation splitter.  This module picks
+the loader and memoises what it returns.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import functools
 import os
 import pathlib
 
-from fedlottery.data import hf
+from fedlottery.data import hf, plugin
 from fedlottery.data.cifar import load_cifar10
 from fedlottery.data.digits import load_digits
 from fedlottery.data.idx import IDX_SETS, load_idx_set
 from fedlottery.data.record import FIX_HINT, Dataset
 from fedlottery.data.splits import train_val_split
-from fedlottery.errors import ConfigError, DataCorruptError, DataNotFoundError
+from fedlottery.errors import DataCorruptError, DataNotFoundError
 
 __all__ = [
     "DATASETS",
@@ -52,9 +53,12 @@ def check_data_config(cfg, path: str = "data") -> None:
     """Check a config's `data` section against the loaders (fedlottery.config cannot import this package).
 
     For ``hf`` this opens the saved data set (memory-mapped, no image is decoded) and checks its splits and
-    columns, so a wrong path or column name fails before anything starts."""
+    columns, so a wrong path or column name fails before anything starts. Any other name is a user's loader
+    (fedlottery.data.plugin): it is imported, not called (loading may take long; `load_dataset` checks what
+    it returns)."""
     if cfg.dataset not in DATASETS:
-        raise ConfigError(f"{path}.dataset: unknown data set {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
+        plugin.loader(cfg.dataset, DATASETS, f"{path}.dataset")
+        return
     if cfg.dataset == "hf":
         hf.open_splits(*hf.settings(cfg, path), key=path)
 
@@ -124,8 +128,11 @@ def load_dataset(name, root: str | os.PathLike[str] | None = None) -> Dataset:
     `name` is a data set's name or a config's whole `data` section (`DataConfig`, then `root` is taken from
     it); ``hf`` needs the section (its `path` and columns): ``load_dataset(cfg.data)``.
     ``digits`` ships with scikit-learn and ignores `root`.  ``mnist``, ``fashion_mnist`` and ``cifar10``
-    read files under the root found by `resolve_data_root`.  Results are cached in-process per (name,
-    resolved root) or (hf directory, columns), so the returned tensors are shared: do not modify them in place.
+    read files under the root found by `resolve_data_root`.  Any other name is a user's loader (an import path
+    or an entry point, fedlottery.data.plugin), given that root when it takes a ``root`` keyword.  Results
+    are cached in-process per (name, resolved root) or (hf directory, columns), so the returned tensors are
+    shared: do not modify them in place.  Nothing of a user's data set is cached on disk: its loader's code
+    and files are the user's, and fedlottery cannot tell when they change.
     """
     if not isinstance(name, str) and hasattr(name, "dataset"):  # a DataConfig
         cfg = name
@@ -137,7 +144,7 @@ def load_dataset(name, root: str | os.PathLike[str] | None = None) -> Dataset:
         raise ValueError("data set 'hf' needs its settings (path, image_column, label_column): call "
                          "load_dataset(cfg.data) with the config's data section")
     if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+        return _load_user_cached(name, None if root is None else str(root))
     if name == "digits":
         return _load_cached(name, None)
     return _load_cached(name, str(_require_root(name, root)))
@@ -160,3 +167,11 @@ def _load_cached(name: str, root: str | None) -> Dataset:
 def _load_hf_cached(directory: str, image_column: str, label_column: str) -> Dataset:
     """Memoise `hf.load_hf` per (directory, columns), as `_load_cached` does for the named sets."""
     return hf.load_hf(directory, image_column, label_column)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_user_cached(name: str, root: str | None) -> Dataset:
+    """A user's data set, memoised in-process per (name, data.root) like the built-in sets: its loader runs
+    once per process (the command line, the server, each client worker)."""
+    load = plugin.loader(name, DATASETS)
+    return plugin.to_record(name, load(root=resolve_data_root(root)) if plugin.takes_root(load) else load())

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from fedlottery.config import (
-    ConfigError,
     FederatedConfig,
     ImpConfig,
     ModelConfig,
@@ -28,11 +27,11 @@ from fedlottery.config.federated import label_of
 
 
 def check_model_config(cfg: ModelConfig, path: str = "model") -> None:
-    """The model's name against the model registry."""
-    from fedlottery.models import MODELS
+    """The model's name against the model registry, else as a user's builder (imported, not yet called: what
+    it builds is checked by build_model, once the data set gives the input shape)."""
+    from fedlottery.models import builder
 
-    if cfg.name not in MODELS:
-        raise ConfigError(f"{path}.name: unknown model {cfg.name!r}; choose one of {', '.join(sorted(MODELS))}")
+    builder(cfg.name, f"{path}.name")
 
 
 def check_experiment(cfg: FederatedConfig) -> FederatedConfig:
