@@ -133,3 +133,9 @@ def test_a_seed_of_another_experiment_or_missing_a_strategy_is_refused(tmp_path)
     with pytest.raises(ConfigError, match="lacks fedbn"):
         merge(tmp_path / "short", tmp_path / "record")
     assert not (tmp_path / "record" / "seed1").exists()
+
+
+def test_where_the_fine_tuned_column_is_computed_does_not_split_an_experiment(tmp_path):
+    _run(tmp_path / "record", ["fedavg"])
+    _run(tmp_path / "new", ["fedbn"], config=_config(evaluation={"finetune_epochs": 0, "finetune_rounds": "last"}))
+    assert "added fedbn" in merge(tmp_path / "new", tmp_path / "record")[0]
