@@ -237,13 +237,11 @@ def _run_all(cfg, out: Path, args: argparse.Namespace, verbosity: str) -> None:
     if not args.seeds:
         run(cfg, out, resume=args.resume)
         return
-    from fedlottery.runs.seeds import run_seeds, seed_plots, seed_table
+    from fedlottery.runs.seeds import run_seeds, write_seed_record
 
     run_seeds(cfg, out, args.seeds, run, resume=args.resume)
-    table = seed_table(out, args.baseline)
-    (out / "table.md").write_text(f"seeds {args.seeds}\n\n{table}\n")
+    table, plots = write_seed_record(out, args.baseline)
     print(table)
-    plots = seed_plots(out)
     print(f"\nwritten: {out}/table.md, seed<S>/ (one run each); plots: {', '.join(p.name for p in plots)}")
 
 
@@ -295,14 +293,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from fedlottery.runs.report import report
-    from fedlottery.runs.seeds import is_seeds_dir, seed_plots, seed_table, summaries
+    from fedlottery.runs.seeds import is_seeds_dir, write_seed_record
 
     dirs = [Path(d) for d in args.dirs]
     if len(dirs) == 1 and is_seeds_dir(dirs[0]):  # `--seeds` output, e.g. seeds run by separate processes
-        table = seed_table(dirs[0], args.baseline)
-        (dirs[0] / "table.md").write_text(f"seeds {sorted(summaries(dirs[0]))}\n\n{table}\n")
+        table, plots = write_seed_record(dirs[0], args.baseline)
         print(table)
-        print("\nplots: " + ", ".join(str(p) for p in seed_plots(dirs[0])))
+        print("\nplots: " + ", ".join(str(p) for p in plots))
         return 0
     print(report(dirs, Path(args.plots) if args.plots else None))
     return 0
@@ -312,14 +309,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from fedlottery.runs.merge import merge
 
-    from fedlottery.runs.seeds import is_seeds_dir, seed_plots, seed_table, summaries
+    from fedlottery.runs.seeds import is_seeds_dir, write_seed_record
 
     into = Path(args.into)
     for line in merge(Path(args.source), into, args.replace, args.strategies):
         print(line)
     if is_seeds_dir(into):  # the record's own table over seeds and its plots, as `--seeds` wrote them
-        (into / "table.md").write_text(f"seeds {sorted(summaries(into))}\n\n{seed_table(into)}\n")
-        plots = seed_plots(into)
+        _, plots = write_seed_record(into)
         print(f"\nwritten: {into}/table.md; plots: {', '.join(p.name for p in plots)}")
     else:
         print(f"\ntables and plots: fedlottery report {args.into}")

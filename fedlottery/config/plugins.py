@@ -54,6 +54,18 @@ def resolve(name: str, group: str, key: str) -> Any | None:
     return obj
 
 
+def resolve_or_explain(name: str, group: str, key: str, kind: str, builtin: list[str], what: str) -> Any:
+    """`resolve`, or a ConfigError naming `key` when `name` is neither an import path nor an installed entry
+    point: it lists the `builtin` choices, then the installed plug-ins, then how to give `what` by import path."""
+    found = resolve(name, group, key)
+    if found is None:
+        plugins = entry_point_names(group)
+        raise ConfigError(f"{key}: unknown {kind} {name!r}; choose one of {', '.join(builtin)}"
+                          f"{', installed plug-ins: ' + ', '.join(plugins) if plugins else ''}, or give {what} "
+                          "import path package.module:function (docs/plugins.md)")
+    return found
+
+
 def _import_attribute(name: str, key: str) -> Any:
     module_name, _, attribute = name.partition(":")
     obj = _import_module(module_name, key)
@@ -97,4 +109,4 @@ def _load_entry_point(ep: metadata.EntryPoint, group: str, key: str) -> Any:
                           ) from exc
 
 
-__all__ = ["IMPORT_PATH", "check_import_path", "entry_point_names", "is_import_path", "resolve"]
+__all__ = ["IMPORT_PATH", "check_import_path", "entry_point_names", "is_import_path", "resolve", "resolve_or_explain"]

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from fedlottery.config.plugins import entry_point_names, resolve
+from fedlottery.config.plugins import resolve_or_explain
 from fedlottery.data.record import Dataset
 from fedlottery.errors import ConfigError
 
@@ -35,13 +35,7 @@ _FIX = "docs/plugins.md describes what a loader returns"
 def loader(name: str, builtin: tuple[str, ...], key: str = "data.dataset") -> Callable:
     """The loader `name` stands for (an import path or an installed entry point), or a ConfigError naming `key`
     that lists the choices (`builtin` first)."""
-    found = resolve(name, ENTRY_POINT_GROUP, key)
-    if found is None:
-        plugins = entry_point_names(ENTRY_POINT_GROUP)
-        raise ConfigError(f"{key}: unknown data set {name!r}; choose one of {', '.join(builtin)}"
-                          f"{', installed plug-ins: ' + ', '.join(plugins) if plugins else ''}, or give a loader's "
-                          "import path package.module:function (docs/plugins.md)")
-    return found
+    return resolve_or_explain(name, ENTRY_POINT_GROUP, key, "data set", list(builtin), "a loader's")
 
 
 def takes_root(load: Callable) -> bool:

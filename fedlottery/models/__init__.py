@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from fedlottery.config.plugins import entry_point_names, resolve
+from fedlottery.config.plugins import resolve_or_explain
 from fedlottery.errors import ConfigError
 from fedlottery.models.cnn import (
     CNNDigits, CNNDigitsBN, Conv2, Conv4, Conv6, LeNet5, LeNet5BN, LotteryFLCNN, LotteryFLCNNBN,
@@ -59,12 +59,7 @@ def builder(name: str, key: str = "model.name") -> Builder:
 @functools.lru_cache(maxsize=16)
 def _plugin_builder(name: str, key: str) -> Builder:
     """Memoised: a client builds its model for every message, and scanning entry points takes milliseconds."""
-    found = resolve(name, ENTRY_POINT_GROUP, key)
-    if found is None:
-        plugins = entry_point_names(ENTRY_POINT_GROUP)
-        raise ConfigError(f"{key}: unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}"
-                          f"{', installed plug-ins: ' + ', '.join(plugins) if plugins else ''}, or give a "
-                          "builder's import path package.module:function (docs/plugins.md)")
+    found = resolve_or_explain(name, ENTRY_POINT_GROUP, key, "model", sorted(MODELS), "a builder's")
     _check_signature(found, name, key)
     return found
 

@@ -124,6 +124,14 @@ def _paired(runs: dict[int, dict], name: str, baseline: str, key: str) -> str:
     return _cell(diffs, 100) if diffs else ""
 
 
+def write_seed_record(out: Path, baseline: str | None = None) -> tuple[str, list[Path]]:
+    """A --seeds directory's own products: table.md (the seeds it holds, then `seed_table`) and `seed_plots`;
+    returns the table and the plots' paths."""
+    table = seed_table(out, baseline)
+    (Path(out) / "table.md").write_text(f"seeds {sorted(summaries(out))}\n\n{table}\n")
+    return table, seed_plots(out)
+
+
 def seed_plots(out: Path) -> list[Path]:
     """accuracy_vs_round_seeds.png (mean, band = ± std over seeds), frontier_seeds.png (final accuracy against
     MiB up + down, error bars both ways) and client_accuracy_seeds.png (per-client final accuracy, all seeds)."""
