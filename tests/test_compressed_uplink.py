@@ -220,3 +220,36 @@ def test_labelled_variants_run_side_by_side_with_smaller_uplinks(tmp_path):
     with (out / "clients.csv").open() as f:
         assert {r["strategy"] for r in csv.DictReader(f)} == set(up)
     assert {p.name for p in (out / "client_state").iterdir()} == set(up)
+
+
+def _bn_upload(statistics: str):
+    """An STC upload of a conv weight and a BatchNorm layer's state, as `statistics` says to send the BN
+    running averages; returns (record, comm)."""
+    g = torch.Generator().manual_seed(5)
+    sent = {"conv.weight": torch.randn(8, 9, generator=g), "bn.running_mean": torch.randn(8, generator=g),
+            "bn.running_var": torch.rand(8, generator=g) + 0.1}
+    upload = {n: t + 0.3 * torch.randn(t.shape, generator=g) for n, t in sent.items()}
+    upload["bn.running_var"] = upload["bn.running_var"].abs() + 0.01
+    comm = _comm(stc=StcConfig(0.05), statistics=statistics)
+    record, _ = uplink.pack_upload(upload, None, None, frozenset(), comm, sent, {}, g)
+    return record, comm, sent, upload
+
+
+def test_batchnorm_statistics_travel_exact_under_stc_by_default():
+    record, comm, sent, upload = _bn_upload("exact")
+    assert uplink.is_update(record["conv.weight"])
+    for name in ("bn.running_mean", "bn.running_var"):
+        assert not uplink.is_update(record[name]) and record[name].dtype == "float32"
+    rebuilt = uplink.rebuild_record(record, sent, None, comm.uplink)
+    from fedlottery.comm import decode_tensor
+    assert torch.equal(decode_tensor(rebuilt["bn.running_var"], None)[0], upload["bn.running_var"])
+
+
+def test_compressed_statistics_are_updates_and_a_mismatch_is_refused():
+    record, comm, sent, _ = _bn_upload("compressed")
+    assert uplink.is_update(record["bn.running_var"])
+    with pytest.raises(CodecError, match="BatchNorm statistics exact"):
+        uplink.rebuild_record(record, sent, None, _comm(stc=StcConfig(0.05)).uplink)
+    exact, *_ = _bn_upload("exact")
+    with pytest.raises(CodecError, match="came uncompressed"):
+        uplink.rebuild_record(exact, sent, None, comm.uplink)

@@ -271,8 +271,22 @@ def _flat_keep(mask, name: str, shape) -> np.ndarray | None:
     return mask[name].detach().cpu().reshape(-1).numpy().astype(bool)
 
 
-def _compressible(tensor: torch.Tensor) -> bool:
-    return tensor.is_floating_point()
+STATISTICS = ("running_mean", "running_var")  # BatchNorm's running averages, by state-dict name
+
+
+def is_statistic(name: str) -> bool:
+    """Whether state entry `name` is a BatchNorm running statistic (see UplinkConfig.statistics)."""
+    return name.rsplit(".", 1)[-1] in STATISTICS
+
+
+def travels_exact(name: str, uplink: Any) -> bool:
+    """Whether a float state entry goes up uncompressed in a compressed-uplink run: a BatchNorm statistic
+    when `comm.uplink.statistics` is "exact"."""
+    return getattr(uplink, "statistics", "exact") == "exact" and is_statistic(name)
+
+
+def _compressible(name: str, tensor: torch.Tensor, uplink: Any) -> bool:
+    return tensor.is_floating_point() and not travels_exact(name, uplink)
 
 
 def pack_upload(upload: Mapping[str, torch.Tensor], mask, reference, skip: frozenset[str], comm: Any,
@@ -284,7 +298,7 @@ def pack_upload(upload: Mapping[str, torch.Tensor], mask, reference, skip: froze
     method = method_of(getattr(comm, "uplink", None))
     if method is None:
         return pack_state(upload, mask, reference, skip, comm.codec, comm.values), {}
-    plain = {n: t for n, t in upload.items() if n not in skip and not _compressible(t)}
+    plain = {n: t for n, t in upload.items() if n not in skip and not _compressible(n, t, comm.uplink)}
     exact = pack_state(plain, mask, reference, frozenset(), comm.codec, comm.values)
     record, left = ArrayRecord(), {}
     for name, tensor in upload.items():
@@ -332,10 +346,13 @@ def rebuild_record(record: ArrayRecord, sent: Mapping[str, torch.Tensor], sent_m
     out = ArrayRecord()
     for name, array in record.items():
         if not is_update(array):
-            if array.dtype == "float32" and name in sent:
+            if array.dtype == "float32" and name in sent and not travels_exact(name, uplink):
                 raise CodecError(f"{name}: came uncompressed, but the run compresses uplinks ({method})")
             out[name] = array
             continue
+        if travels_exact(name, uplink):
+            raise CodecError(f"{name}: a compressed update, but the run sends BatchNorm statistics exact "
+                             "(comm.uplink.statistics)")
         if array.stype != wanted or name not in sent:
             raise CodecError(f"{name}: a {array.stype} update, but the run sends {wanted} for the tensors it sent")
         out[name] = _rebuild_one(name, array, sent[name], sent_mask)

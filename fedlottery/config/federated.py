@@ -208,9 +208,16 @@ class UplinkConfig:
 
     quantize: QuantizeConfig | None = None
     stc: StcConfig | None = None
+    # BatchNorm running statistics (running_mean, running_var): "exact" sends them as float32 like an
+    # uncompressed run, because they are averages, not gradients, and a ternary or coarse update to a
+    # variance can make it negative; "compressed" treats them as any other float tensor (records before
+    # this option existed were made so).
+    statistics: Literal["exact", "compressed"] = "exact"
 
     def validate(self, path: str) -> None:
         _check(self.quantize is None or self.stc is None, path, "set one of quantize and stc, not both")
+        _check(self.statistics in ("exact", "compressed"), f"{path}.statistics",
+               f"must be 'exact' or 'compressed', got {self.statistics!r}")
 
 
 @dataclass
