@@ -59,7 +59,7 @@ def main() -> None:
             cmd += ["--rounds", str(args.rounds)]
         subprocess.run(cmd, check=True, cwd=ROOT)
     text = table()
-    report([OUT])  # plots next to the results
+    report([OUT], OUT)  # this script writes the record: its plots go next to the results
     (OUT / "table.md").write_text(text + "\n")
     print(text)
 

@@ -292,18 +292,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from fedlottery.runs.report import report
-    from fedlottery.runs.seeds import is_seeds_dir, write_seed_record
+    from fedlottery.runs.report import plots_line, report
+    from fedlottery.runs.seeds import is_seeds_dir, seed_plots, seed_table
 
     dirs = [Path(d) for d in args.dirs]
+    plots = Path(args.plots) if args.plots else None
     if len(dirs) == 1 and is_seeds_dir(dirs[0]):  # `--seeds` output, e.g. seeds run by separate processes
-        table, plots = write_seed_record(dirs[0], args.baseline)
-        print(table)
-        print("\nplots: " + ", ".join(str(p) for p in plots))
+        print(seed_table(dirs[0], args.baseline))
+        print("\n" + plots_line(seed_plots(dirs[0], plots) if plots else None))
         return 0
-    print(report(dirs, Path(args.plots) if args.plots else None))
+    print(report(dirs, plots))
     return 0
-
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -374,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="markdown table and PNG plots across federated run directories")
     rep.add_argument("dirs", nargs="+", help="run directories holding rounds.csv and summary.json, or one "
                                              "--seeds directory (its table over seeds and seed plots)")
-    rep.add_argument("--plots", help="where to write the PNGs (default: the first directory)")
+    rep.add_argument("--plots", help="a directory to write the PNGs into (default: none written; a report never "
+                                     "writes into the run directories it reads)")
     rep.add_argument("--baseline", help="for a --seeds directory (seed<S>/ inside): the strategy paired "
                                         "differences are taken against (default fedavg)")
     rep.set_defaults(func=cmd_report)

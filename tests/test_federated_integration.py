@@ -51,10 +51,10 @@ def test_simulation_runs_lotteryfl_and_fedavg(tmp_path, tiny_config):
         assert s["rounds"] == 2 and s["failures"] == []
         assert s["bytes_up"] == sum(r["bytes_up"] for r in rows if r["strategy"] == name)
     # `fedlottery report` on the run: one table row per strategy and the three plots.
-    text = report([tmp_path])
+    text = report([tmp_path], tmp_path / "plots")
     assert text.count(f"| {tmp_path.name} |") == 2
     for png in ("accuracy_vs_round.png", "accuracy_vs_mb.png", "client_densities.png"):
-        assert (tmp_path / png).stat().st_size > 1000
+        assert (tmp_path / "plots" / png).stat().st_size > 1000
 
 
 def test_unreachable_ray_cluster_fails_fast_with_a_clear_error(tmp_path, tiny_config):

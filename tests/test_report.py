@@ -88,14 +88,18 @@ def test_comparison_table_is_unchanged():
     assert comparison_table(SUMMARIES) == TABLE
 
 
-def test_report_writes_the_three_pngs_and_the_table(tmp_path):
+def test_report_writes_the_three_pngs_where_asked_and_nothing_into_the_run(tmp_path):
     run = write_run(tmp_path / "runs" / "default", ["lotteryfl", "fedavg"])
+    before = sorted(run.iterdir())
     text = report([run])
-    assert text.startswith("| run | strategy |")
+    assert text.startswith("| run | strategy |") and text.endswith("(add --plots DIR to write them there)")
+    plots = tmp_path / "plots"
+    text = report([run], plots)
     for name in PLOTS:
-        data = (run / name).read_bytes()
+        data = (plots / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
-    assert text.endswith("plots: " + ", ".join(str(run / n) for n in PLOTS))
+    assert text.endswith("plots: " + ", ".join(str(plots / n) for n in PLOTS))
+    assert sorted(run.iterdir()) == before
 
 
 def test_evaluated_rounds_are_markers_on_integer_ticks(tmp_path, figs):

@@ -69,11 +69,16 @@ def test_report_on_a_seeds_directory_gives_the_table_and_plots_over_seeds(tmp_pa
         (d / "rounds.csv").write_text("round,strategy,personalized_acc_mean\n"
                                       f"1,fedavg,{b}\n1,mine,{a}\n")
         (d / "clients.csv").write_text(f"strategy,final_acc\nfedavg,{b}\nmine,{a}\n")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     assert main(["report", str(tmp_path), "--baseline", "mine"]) == 0
-    table = (tmp_path / "table.md").read_text()
-    assert table.startswith("seeds [0, 1]") and "Δ personalised vs mine (paired)" in table
-    assert "| fedavg | 0,1 | 73.00 ± 4.24 |" in capsys.readouterr().out
-    assert (tmp_path / "frontier_seeds.png").stat().st_size > 1000
+    out = capsys.readouterr().out
+    assert "Δ personalised vs mine (paired)" in out and "| fedavg | 0,1 | 73.00 ± 4.24 |" in out
+    assert "--plots DIR" in out
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # a report reads, never writes
+    plots = tmp_path.parent / f"{tmp_path.name}_plots"
+    assert main(["report", str(tmp_path), "--plots", str(plots)]) == 0
+    assert (plots / "frontier_seeds.png").stat().st_size > 1000
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     (tmp_path / "seed0" / "summary.json").unlink()
     (tmp_path / "seed1" / "summary.json").unlink()
     assert main(["report", str(tmp_path)]) == 2  # neither a run nor a seeds directory: an error, not a table

@@ -101,17 +101,22 @@ def _partial(s: dict) -> str:
 
 
 def report(dirs: list[Path], plots_dir: Path | None = None) -> str:
-    """The comparison table for `dirs`, plus accuracy-vs-round, accuracy-vs-MB and density PNGs."""
+    """The comparison table for `dirs`; with `plots_dir`, also accuracy-vs-round, accuracy-vs-MB and density PNGs
+    there. Nothing is ever written into `dirs`: they are records (some committed), and a report reads them."""
     runs = []
     for d in dirs:
         if not (d / "summary.json").exists():
             raise FileNotFoundError(f"{d} has no summary.json: is it a finished `fedlottery run` directory?")
         runs.append((d, read_json(d / "summary.json")))
-    plots_dir = plots_dir or dirs[0]
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    paths = _plot(runs, plots_dir)
     table = comparison_table([(d.name, s) for d, s in runs], [run_hurt(d) for d, _ in runs])
-    return table + "\n\nplots: " + ", ".join(str(p) for p in paths)
+    return table + "\n\n" + plots_line(_plot(runs, plots_dir) if plots_dir else None)
+
+
+def plots_line(paths: list[Path] | None) -> str:
+    """The report's last line: where its plots went, or how to ask for them."""
+    if paths is None:
+        return "plots: none written (add --plots DIR to write them there)"
+    return "plots: " + ", ".join(str(p) for p in paths)
 
 
 PLOTS = ("accuracy_vs_round.png", "accuracy_vs_mb.png", "client_densities.png")
@@ -121,6 +126,7 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 def _plot(runs: list[tuple[Path, dict]], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
+    out.mkdir(parents=True, exist_ok=True)
     paths = []
     for fname, fig in zip(PLOTS, figures(runs)):
         fig.savefig(out / fname, dpi=110, bbox_inches="tight")  # "tight" keeps the legend beside the axes

@@ -132,22 +132,25 @@ def write_seed_record(out: Path, baseline: str | None = None) -> tuple[str, list
     return table, seed_plots(out)
 
 
-def seed_plots(out: Path) -> list[Path]:
+def seed_plots(out: Path, into: Path | None = None) -> list[Path]:
     """accuracy_vs_round_seeds.png (mean, band = ± std over seeds), frontier_seeds.png (final accuracy against
-    MiB up + down, error bars both ways) and client_accuracy_seeds.png (per-client final accuracy, all seeds)."""
+    MiB up + down, error bars both ways) and client_accuracy_seeds.png (per-client final accuracy, all seeds),
+    written into `into` (default: `out` itself, as `run --seeds` and `merge` do for the record they write)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out = Path(out)
+    into = Path(into) if into is not None else out
+    into.mkdir(parents=True, exist_ok=True)
     runs = summaries(out)  # read once: the seed directories, the title's config and the frontier's figures
     dirs = [seed_dir(out, seed) for seed in runs]
     rounds = [r for d in dirs for r in read_csv(d / "rounds.csv")]
     clients = [r for d in dirs for r in read_csv(d / "clients.csv")]
     names = list(dict.fromkeys(r["strategy"] for r in rounds))
     colours = {name: plt.get_cmap("tab20")(i % 20) for i, name in enumerate(names)}
-    paths = [out / "accuracy_vs_round_seeds.png", out / "frontier_seeds.png", out / "client_accuracy_seeds.png"]
+    paths = [into / "accuracy_vs_round_seeds.png", into / "frontier_seeds.png", into / "client_accuracy_seeds.png"]
     title = out.name + sampled_note(next(iter(runs.values()), {}).get("config", {}))
     _plot_rounds(rounds, names, colours, title, paths[0])
     _plot_frontier(runs, names, colours, out.name, paths[1])
