@@ -295,6 +295,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from fedlottery.runs.report import plots_line, report
     from fedlottery.runs.seeds import is_seeds_dir, seed_plots, seed_table
 
+    if args.leaderboard:
+        from fedlottery.runs.leaderboard import build
+
+        print(f"written: {build(Path(args.leaderboard))}")
+        return 0
+    if not args.dirs:
+        raise SystemExit("fedlottery report: give run directories, a --seeds directory, or --leaderboard SPEC")
     dirs = [Path(d) for d in args.dirs]
     plots = Path(args.plots) if args.plots else None
     if len(dirs) == 1 and is_seeds_dir(dirs[0]):  # `--seeds` output, e.g. seeds run by separate processes
@@ -371,12 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     rep = sub.add_parser("report", help="markdown table and PNG plots across federated run directories")
-    rep.add_argument("dirs", nargs="+", help="run directories holding rounds.csv and summary.json, or one "
+    rep.add_argument("dirs", nargs="*", help="run directories holding rounds.csv and summary.json, or one "
                                              "--seeds directory (its table over seeds and seed plots)")
     rep.add_argument("--plots", help="a directory to write the PNGs into (default: none written; a report never "
                                      "writes into the run directories it reads)")
     rep.add_argument("--baseline", help="for a --seeds directory (seed<S>/ inside): the strategy paired "
                                         "differences are taken against (default fedavg)")
+    rep.add_argument("--leaderboard", metavar="SPEC", help="write the leaderboard page a spec describes (e.g. "
+                                                           "docs/leaderboard.yaml) from the records it lists")
     rep.set_defaults(func=cmd_report)
 
     cmp = sub.add_parser("compare", help="run every strategy on one partition, model and seed; one table + plots")

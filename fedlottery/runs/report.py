@@ -168,14 +168,22 @@ def sampled_note(config: dict) -> str:
     return f"\nevaluations before the last: {', '.join(before)}" if before else ""
 
 
-def _setup(config: dict) -> str:
+def setting(config: dict) -> str:
+    """The experiment's set-up in one line (data set, model, clients and how they were split, rounds), as a plot
+    over seeds is titled; "" when the config does not say."""
     data, model, part = config.get("data", {}), config.get("model", {}), config.get("partition", {})
     if not (data.get("dataset") and model.get("name")):
         return ""
     clients = f"{part['num_clients']} clients ({part.get('scheme', '?')})" if "num_clients" in part else ""
     rounds = f"{config['rounds']} rounds" if "rounds" in config else ""
-    seed = f"seed {config['seed']}" if "seed" in config else ""
-    return ", ".join(x for x in (data["dataset"], model["name"], clients, rounds, seed) if x) + sampled_note(config)
+    return ", ".join(x for x in (data["dataset"], model["name"], clients, rounds) if x)
+
+
+def _setup(config: dict) -> str:
+    head = setting(config)
+    if not head:
+        return ""
+    return head + (f", seed {config['seed']}" if "seed" in config else "") + sampled_note(config)
 
 
 def _series(runs: list[tuple[Path, dict]]) -> list[dict]:

@@ -13,7 +13,9 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
-from fedlottery.runs.report import HURT_TITLE, LOCAL, run_hurt, sampled_note
+from fedlottery.runs.families import palette, style
+from fedlottery.runs.frontier import plot_frontier
+from fedlottery.runs.report import HURT_TITLE, LOCAL, run_hurt, sampled_note, setting
 from fedlottery.runs.results import read_csv, read_json
 
 MB = 2**20
@@ -149,20 +151,22 @@ def seed_plots(out: Path, into: Path | None = None) -> list[Path]:
     rounds = [r for d in dirs for r in read_csv(d / "rounds.csv")]
     clients = [r for d in dirs for r in read_csv(d / "clients.csv")]
     names = list(dict.fromkeys(r["strategy"] for r in rounds))
-    colours = {name: plt.get_cmap("tab20")(i % 20) for i, name in enumerate(names)}
+    config = next(iter(runs.values()), {}).get("config", {})
+    colours = palette(names, config)
     paths = [into / "accuracy_vs_round_seeds.png", into / "frontier_seeds.png", into / "client_accuracy_seeds.png"]
-    title = out.name + sampled_note(next(iter(runs.values()), {}).get("config", {}))
-    _plot_rounds(rounds, names, colours, title, paths[0])
-    _plot_frontier(runs, names, colours, out.name, paths[1])
-    _plot_clients(clients, names, out.name, paths[2])
+    title = setting(config) or out.name
+    _plot_rounds(rounds, names, colours, config, title + sampled_note(config), paths[0])
+    plot_frontier(runs, names, colours, title, paths[1])
+    _plot_clients(clients, names, title, paths[2])
     return paths
 
 
-def _plot_rounds(rounds: list[dict], names: list[str], colours: dict, title: str, path: Path) -> None:
-    """Personalised accuracy against round: each method's mean over seeds, with a ± std band."""
+def _plot_rounds(rounds: list[dict], names: list[str], colours: dict, config: dict, title: str, path: Path) -> None:
+    """Personalised accuracy at the evaluated rounds: each method's mean over seeds (its family's marker and line
+    style, its own colour), with a ± std band. Lines only join evaluations: nothing was measured between them."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
     for name in names:
         by_round: dict[int, list[float]] = {}
         for r in rounds:
@@ -171,36 +175,14 @@ def _plot_rounds(rounds: list[dict], names: list[str], colours: dict, title: str
         xs = sorted(by_round)
         means = [statistics.fmean(by_round[x]) for x in xs]
         stds = [statistics.stdev(by_round[x]) if len(by_round[x]) > 1 else 0.0 for x in xs]
-        ax.plot(xs, means, marker="o", color=colours[name], label=name)
+        marker, line = style(name, config)
+        ax.plot(xs, means, marker=marker, ls=line, lw=1, ms=6, color=colours[name], label=name)
         ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                        color=colours[name], alpha=0.2)
-    ax.set(xlabel="round", ylabel="personalised accuracy (%), mean ± std over seeds", title=title)
+                        color=colours[name], alpha=0.12)
+    seeds = len({r.get("seed") for r in rounds}) if rounds and "seed" in rounds[0] else None
+    over = f"mean ± std over {seeds} seeds" if seeds else "mean ± std over seeds"
+    ax.set(xlabel="round", ylabel=f"personalised accuracy (%), {over}", title=title)
     ax.xaxis.get_major_locator().set_params(integer=True)
-    _finish(fig, ax, path)
-
-
-def _plot_frontier(runs: dict[int, dict], names: list[str], colours: dict, run_name: str, path: Path) -> None:
-    """Final accuracy against MiB up + down, mean ± std both ways: filled as sent, hollow after fine-tuning."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in names:
-        accs = [100 * s["strategies"][name]["personalized_acc_final"] for s in runs.values()
-                if name in s["strategies"] and s["strategies"][name]["personalized_acc_final"] is not None]
-        mib = [(s["strategies"][name]["bytes_up"] + s["strategies"][name]["bytes_down"]) / MB
-               for s in runs.values() if name in s["strategies"]]
-        mm, msd = _mean_std(mib) if mib else (0.0, 0.0)
-        if accs:
-            am, asd = _mean_std(accs)
-            ax.errorbar([mm], [am], xerr=[msd], yerr=[asd], fmt="o", capsize=4, color=colours[name], label=name)
-        tuned = [100 * s["strategies"][name]["finetuned_acc_final"] for s in runs.values()
-                 if name in s["strategies"] and s["strategies"][name].get("finetuned_acc_final") is not None]
-        if tuned:  # the same method's clients after fine-tuning what they were sent: hollow, same colour
-            tm, tsd = _mean_std(tuned)
-            ax.errorbar([mm], [tm], xerr=[msd], yerr=[tsd], fmt="o", mfc="none", capsize=4, color=colours[name])
-    ax.set(xlabel="MiB communicated (up + down), mean ± std",
-           ylabel="final personalised accuracy (%)\n(filled: as sent; hollow: fine-tuned)",
-           title=f"{run_name}: accuracy against communication")
     _finish(fig, ax, path)
 
 
