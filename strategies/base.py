@@ -183,7 +183,7 @@ class FederatedStrategy(Strategy):
     state_fields: ClassVar[tuple[str, ...]] = (
         "global_state", "masks", "client_holds", "state_version", "state_keep", "failures")
     rebuilt_fields: ClassVar[frozenset[str]] = frozenset(
-        {"setup", "options", "shapes", "personal", "round_failures", "_pending", "label"})
+        {"setup", "options", "shapes", "personal", "round_failures", "notices", "_pending", "label"})
     broadcast: ClassVar[bool] = False
     communicates: ClassVar[bool] = True
     regrows: ClassVar[bool] = False
@@ -262,6 +262,9 @@ class FederatedStrategy(Strategy):
                                           list(setup.head))
         self.failures: list[str] = []  # every failure of the run, one line each
         self.round_failures: list[Failure] = []  # this round's (and phase's), for the run's log
+        # things this round did that change the result without failing (e.g. the global model kept), said on
+        # the console even with --quiet; the round loop takes and clears them
+        self.notices: list[str] = []
         self._pending: list[tuple[Message, Sent]] = []  # this round's messages and what each carried
 
     def initial_masks(self) -> dict[int, Mask]:

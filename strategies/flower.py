@@ -215,8 +215,10 @@ class FlowerStrategy(FederatedStrategy):
         self.round_config: dict[int, dict[str, Any]] = {}  # partition id -> this round's Flower config
 
     def summary(self) -> None:
+        """fedlottery's line only: Flower's own summary lists fraction and minimum-node settings that do not
+        apply here (fedlottery samples clients_per_round itself, the same clients for every strategy)."""
         super().summary()
-        self.flower.summary()
+        log(logging.INFO, "%s: aggregated by Flower's %s %s", self.label, self.flower_class.__name__, self.options.kwargs)
 
     def state_dict(self) -> dict[str, Any]:
         flower = {k: to_plain(v, f"{self.name}.flower.{k}") for k, v in vars(self.flower).items() if not callable(v)}
@@ -282,8 +284,8 @@ class FlowerStrategy(FederatedStrategy):
         with quiet_flower():
             arrays, _ = self.flower.aggregate_train(server_round, flower_replies)
         if arrays is None:
-            log(logging.WARNING, "%s: Flower's aggregate_train returned no arrays in round %d; theta_g unchanged",
-                self.name, server_round)
+            self.notices.append(f"{self.label} round {server_round}: Flower's {self.flower_class.__name__} "
+                                f"aggregated nothing ({len(flower_replies)} replies); the global model is unchanged")
             return
         state = dict(self.global_state)
         for name in self.flower_names:

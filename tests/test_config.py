@@ -289,3 +289,14 @@ def test_command_line_strategies_pick_the_files_variants_by_label(tmp_path):
     cfg = load_experiment(path, strategies=["fedavg-q8", "lotteryfl"])
     assert [getattr(e, "label", e) for e in cfg.strategies] == ["fedavg-q8", "lotteryfl"]
     assert cfg.strategies[0].comm == _Q8["comm"]
+
+
+def test_set_takes_a_key_quoted_as_errors_print_it():
+    """Errors name `strategy_options."flwr:QFedAvg".client_learning_rate` (YAML needs the quotes); --set takes
+    that spelling as well as the bare one."""
+    quoted, bare = {}, {}
+    set_dotted(quoted, 'strategy_options."flwr:QFedAvg".client_learning_rate=0.1')
+    set_dotted(bare, "strategy_options.flwr:QFedAvg.client_learning_rate=0.1")
+    assert quoted == bare == {"strategy_options": {"flwr:QFedAvg": {"client_learning_rate": 0.1}}}
+    with pytest.raises(ConfigError, match="dotted key"):
+        set_dotted({}, 'strategy_options."flwr:QFedAvg.client_learning_rate=0.1')

@@ -421,3 +421,18 @@ def test_flower_strategies_inside_the_loop_match_fedavg(tmp_path):
         assert 0 < theirs["bytes_down"] - ours["bytes_down"] < 200 and 0 < theirs["bytes_up"] - ours["bytes_up"] < 100
     # FedProx and FedAdam ran and moved theta_g their own way.
     assert [r["global_acc"] for r in by["flwr:FedAdam"]] != [r["global_acc"] for r in by["fedavg"]]
+
+
+def test_a_round_flower_aggregates_to_nothing_is_a_notice_that_keeps_theta_g(make_setup, flower_run, capsys):
+    """Flower strategies may return no arrays (e.g. Bulyan with too few replies for its f): theta_g stays, and
+    the round loop says so on the console even under --quiet (Progress.warn), not only in Flower's log."""
+    from fedlottery.runs.results import Progress
+
+    strategy = _server("flwr:FedAvg", make_setup)
+    strategy.flower.aggregate_train = lambda server_round, replies: (None, None)
+    before = {k: v.clone() for k, v in strategy.global_state.items()}
+    strategy.aggregate_train(1, _replies(strategy, _push(strategy, 1)))
+    assert all(torch.equal(strategy.global_state[k], before[k]) for k in before)
+    assert len(strategy.notices) == 1 and "aggregated nothing (3 replies)" in strategy.notices[0]
+    Progress(1, log=lambda line: None).warn(strategy.notices[0])  # what the round loop does with it
+    assert capsys.readouterr().err.startswith("warning: flwr:FedAvg round 1: Flower's FedAvg aggregated nothing")

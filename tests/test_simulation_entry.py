@@ -88,7 +88,7 @@ def test_quiet_prints_only_the_table(tmp_path, tiny_config):
 # ---- the in-process entry's reliance on Flower ------------------------------------------------------------
 def test_run_simulation_is_what_run_federated_calls_and_its_banner_is_the_one_dropped():
     """Pins Flower 1.41's run_simulation: the keyword arguments run_federated passes, and the banner text the
-    filter matches (if Flower rewords it, the banner would show again: update _DropDeprecationBanner)."""
+    filter matches (if Flower rewords it, the banner would show again: update _DropFlowerNoise)."""
     from flwr.simulation import run_simulation
 
     params = inspect.signature(run_simulation).parameters
@@ -280,3 +280,23 @@ def test_a_failed_flwr_run_is_an_error_with_its_log(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(flwr_entry, "SCRIPT", tmp_path / "missing.sh")
     with pytest.raises(ValueError, match="needs fedlottery's source tree"):
         flwr_entry.check_flwr_entry()
+
+
+def test_a_clients_traceback_from_the_engine_is_dropped_unless_verbose():
+    """Flower's simulation engine logs a whole traceback for every client that raised (vce_api); the one-line
+    cause and fedlottery's failures.log say it already, so only --verbose shows it."""
+    def record(message: str, path: str) -> logging.LogRecord:
+        return logging.LogRecord("flwr", logging.ERROR, path, 1, message, None, None)
+
+    engine = ".../flwr/server/superlink/fleet/vce/vce_api.py"
+    trace = "Traceback (most recent call last):\n  File ..."
+    quiet = simulation._DropFlowerNoise(tracebacks=True)
+    assert not quiet.filter(record(trace, engine))
+    assert not quiet.filter(record("An exception was raised when processing a message by RayBackend",
+                                   ".../vce/backend/raybackend.py"))
+    remote = record("ray::ClientAppActor.run() (pid=1)\n  File x\n\nException ClientAppException occurred. "
+                    "Message: boom\n", engine)
+    assert quiet.filter(remote) and remote.getMessage() == ("a client raised: Exception ClientAppException "
+                                                            "occurred. Message: boom")
+    assert quiet.filter(record(trace, "/my/own/code.py"))  # anyone else's traceback stays
+    assert simulation._DropFlowerNoise(tracebacks=False).filter(record(trace, engine))

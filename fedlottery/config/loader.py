@@ -197,13 +197,23 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+def dotted_parts(key: str) -> list[str] | None:
+    """`a."b:c".d` -> ["a", "b:c", "d"]; None when the key is not dot-separated plain or quoted parts."""
+    parts = re.findall(r'(?:^|\.)(?:"([^"]*)"|([^."]*))', key)
+    joined = ".".join(f'"{q}"' if q else p for q, p in parts)
+    if joined != key:
+        return None
+    return [q or p for q, p in parts]
+
+
 def set_dotted(data: dict, assignment: str) -> None:
     """Apply one command-line override, "section.key=value" (the value read as YAML, so `true`, `0.3`,
     `[a, b]` and `{k: v}` mean what they mean in the file), to a config mapping loaded by `load_yaml`. Missing
-    sections are created; unknown keys are left for `from_dict` to refuse by name."""
+    sections are created; unknown keys are left for `from_dict` to refuse by name. A part may be quoted, as
+    errors print names YAML needs quoted: `strategy_options."flwr:FedProx".proximal_mu=0.1`."""
     key, sep, text = assignment.partition("=")
-    parts = key.strip().split(".")
-    if not sep or not all(parts):
+    parts = dotted_parts(key.strip())
+    if not sep or not parts or not all(parts):
         raise ConfigError(f"--set {assignment!r}: write KEY=VALUE with a dotted key, e.g. "
                           "--set strategy_options.flash-jmwst.personal_bn=true")
     try:

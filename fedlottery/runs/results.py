@@ -102,6 +102,11 @@ class Progress:
             return None
         return (time.perf_counter() - self._first_done) / (self.done - 1) * (self.total - self.done)
 
+    def warn(self, message: str) -> None:
+        """A line that changes how the results read (clients dropped, a model kept): to stderr always, --quiet
+        included, whatever `log` does with progress lines."""
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
     def step(self, message: str) -> None:
         self.done += 1
         if self.done == 1:

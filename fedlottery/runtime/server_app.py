@@ -292,7 +292,7 @@ def _hang_guard(exp: Experiment, run: StrategyRun, rnd: int, phase: str, dropped
     if dropped <= 0:
         return
     run.hang_guard_drops += dropped
-    exp.progress.log(f"warning: {run.name} round {rnd} {phase}: {dropped} client(s) dropped by the hang guard "
+    exp.progress.warn(f"{run.name} round {rnd} {phase}: {dropped} client(s) dropped by the hang guard "
                      f"(simulation.round_timeout {exp.cfg.simulation.round_timeout:g} s): this run's results now "
                      "depend on the machine's timing; raise simulation.round_timeout if the clients were only slow")
 
@@ -350,6 +350,9 @@ def _train_round(grid, exp: Experiment, strategy: FederatedStrategy, run: Strate
     _, train_metrics = strategy.aggregate_train(rnd, replies)
     accepted = int(train_metrics["clients"])
     _log_failures(exp, strategy)
+    for notice in strategy.notices:
+        exp.progress.warn(notice)
+    strategy.notices.clear()
     return {
         "round": rnd, "strategy": strategy.label, "seed": exp.cfg.seed, "clients": accepted,
         "sampled": " ".join(str(pid) for pid in sorted(pid_of.values())),  # asked, whether or not they replied
@@ -434,7 +437,7 @@ def _log_failures(exp: Experiment, strategy: FederatedStrategy) -> None:
             if failure.detail != failure.cause:
                 f.write("    " + failure.detail.replace("\n", "\n    ").rstrip() + "\n")
     lines = [f.line() for f in strategy.round_failures]
-    exp.progress.log(f"{strategy.label}: {len(lines)} client(s) failed: " + "; ".join(lines[:3])
+    exp.progress.warn(f"{strategy.label}: {len(lines)} client(s) failed: " + "; ".join(lines[:3])
                      + (f"; ... (see {exp.out_dir / 'failures.log'})" if len(lines) > 3 else ""))
 
 

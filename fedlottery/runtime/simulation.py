@@ -103,19 +103,36 @@ def backend_config(cfg: FederatedConfig) -> dict:
     return {"client_resources": resources, "init_args": ray_init_args(cfg)}  # private local Ray unless configured
 
 
-class _DropDeprecationBanner(logging.Filter):
+class _DropFlowerNoise(logging.Filter):
     """Drops the one record `flwr.simulation.run_simulation` logs on every call (Flower 1.41:
-    `warn_deprecated_feature("The `run_simulation` function is deprecated ...")`), nothing else."""
+    `warn_deprecated_feature("The `run_simulation` function is deprecated ...")`) and, with `tracebacks`, cuts
+    what Flower's simulation engine logs for every client that raised (a line from the Ray backend, the remote
+    exception with its traceback, then the traceback again) to one line, the cause; fedlottery's failures.log
+    keeps the full text. Nothing else."""
+
+    ENGINE = ("vce_api.py", "raybackend.py")
+
+    def __init__(self, tracebacks: bool = False):
+        super().__init__()
+        self.tracebacks = tracebacks
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith("DEPRECATED FEATURE"):
+        message = str(record.msg)
+        if self.tracebacks and record.pathname.endswith(self.ENGINE) and record.levelno >= logging.ERROR:
+            if message.startswith(("Traceback (most recent call last)", "An exception was raised when processing")):
+                return False
+            if "\n" in message.strip():  # the remote exception: its last line says what the client raised
+                record.msg, record.args = "a client raised: " + message.strip().splitlines()[-1].strip(), None
+            return True
+        if not message.startswith("DEPRECATED FEATURE"):
             return True
         return not any("`run_simulation` function is deprecated" in str(arg) for arg in record.args or ())
 
 
 @contextlib.contextmanager
-def _without_deprecation_banner() -> Iterator[None]:
-    banner_filter = _DropDeprecationBanner()
+def _without_deprecation_banner(tracebacks: bool = False) -> Iterator[None]:
+    """Flower's console without its run_simulation banner (and, with `tracebacks`, its per-client tracebacks)."""
+    banner_filter = _DropFlowerNoise(tracebacks)
     flower_logger = logging.getLogger("flwr")
     flower_logger.addFilter(banner_filter)
     try:
@@ -190,7 +207,7 @@ def run_federated(cfg: FederatedConfig, out_dir: Path, log: Callable[[str], None
             errors.append(err)
             raise
 
-    with _without_deprecation_banner():
+    with _without_deprecation_banner(tracebacks=verbosity != VERBOSE):
         run_simulation(
             server_app=server_app,
             client_app=client_app,
