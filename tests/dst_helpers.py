@@ -4,7 +4,7 @@ import torch
 
 from fedlottery.comm import encode_tensor
 from fedlottery.comm.codec import values_bytes_of
-from test_baselines import small_config
+from federation_helpers import small_config
 
 
 def dst_config(name: str, **options):

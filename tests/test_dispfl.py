@@ -10,7 +10,7 @@ from fedlottery.comm import unpack_state
 from fedlottery.sparsity import Mask
 from strategies.base import RELAY_PREFIX
 from strategies.dispfl import DisPFLOptions, DisPFLStrategy, neighbour_average
-from test_baselines import Federation
+from federation_helpers import Federation
 
 
 def test_neighbours_are_other_clients_fixed_by_seed_round_and_partition(make_setup):

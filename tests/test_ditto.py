@@ -14,7 +14,7 @@ from fedlottery.training import evaluate, train
 from strategies.ditto import DittoOptions, DittoStrategy
 from strategies.fedavg import FedAvgStrategy
 
-from test_baselines import Federation, small_config
+from federation_helpers import Federation, small_config
 
 
 def _distance(a, b):

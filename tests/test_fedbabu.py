@@ -6,7 +6,7 @@ import fedlottery.runtime.client_app as client_app
 from fedlottery.models import clone_state, head_names
 from strategies.fedbabu import FedBABUOptions, FedBABUStrategy
 
-from test_baselines import Federation, small_config
+from federation_helpers import Federation, small_config
 
 
 def test_fedbabu_client_never_moves_the_head_and_trains_the_body(make_task):

@@ -10,7 +10,7 @@ from fedlottery.aggregation import ClientWeights
 from fedlottery.sparsity import Mask
 from strategies.base import Reply
 from strategies.feddst import FedDSTOptions, FedDSTStrategy
-from test_baselines import Federation
+from federation_helpers import Federation
 
 
 def _swap(mask: Mask, generator: torch.Generator) -> Mask:

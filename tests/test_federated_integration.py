@@ -1,13 +1,17 @@
-"""The real thing, small: Flower's simulation runtime on a real local Ray, 4 clients, 2 rounds."""
+"""The real thing, small: Flower's simulation runtime on a real local Ray, 4 clients, 2 or 3 rounds."""
 import json
+import math
 
 import pytest
 
 from fedlottery.config import FederatedConfig, from_dict
+from fedlottery.models import build_model, clone_state, prunable_names
 from fedlottery.runs.report import report
 from fedlottery.runs.results import read_csv
 from fedlottery.runtime.server_app import ROUND_COLUMNS
 from fedlottery.runtime.simulation import run_federated
+
+from federation_helpers import small_config
 
 
 def _config(tiny_config):
@@ -143,3 +147,39 @@ def test_every_strategy_runs_and_the_meter_equals_the_bytes_really_sent(tmp_path
     assert by["lotteryfl"][0]["bytes_down_broadcast"] <= by["lotteryfl"][0]["bytes_down"]
     # FedLTN never sends BatchNorm tensors: its downlink values are below FedAvg's dense ones in round 1.
     assert by["fedltn"][0]["bytes_down"] < by["fedavg"][0]["bytes_down"]
+
+
+@pytest.mark.slow
+def test_fedbn_local_fedpm_and_fedselect_run_in_a_real_simulation(tmp_path):
+    from fedlottery.runs.results import read_csv
+    from fedlottery.runtime.simulation import run_federated
+
+    cfg = small_config(["fedbn", "local", "fedpm", "fedselect"], clients_per_round=2,
+                       evaluation={"every": 2, "deployed": True, "finetune_epochs": 1},
+                       strategy_options={"fedselect": {"grow_rate": 0.5}})
+    summary = run_federated(cfg, tmp_path, log=lambda _: None)
+    assert all(s["failures"] == [] for s in summary["strategies"].values()), summary
+    rows = read_csv(tmp_path / "rounds.csv")
+    by = {name: [r for r in rows if r["strategy"] == name] for name in cfg.strategies}
+    assert all(len(by[name]) == 3 for name in by)
+    assert all(r["clients"] == 2 and r["failed_train_clients"] == 0 for r in rows)
+    assert all(r.get("failed_eval_clients") in (0, None) for r in rows)
+    for row in by["local"]:  # a local-only deployment sends nothing
+        assert row["bytes_up"] == row["bytes_down"] == row["bytes_down_broadcast"] == 0
+        assert row["values_bytes_up"] == row["values_bytes_down"] == 0
+    assert summary["strategies"]["local"]["bytes_up"] == summary["strategies"]["local"]["bytes_down"] == 0
+    # FedBN sends no BatchNorm tensor, so its messages are lighter than theta_g's full size would be
+    assert 0 < by["fedbn"][0]["bytes_up"] and by["fedbn"][0]["values_bytes_up"] == by["fedbn"][0]["values_bytes_down"]
+    # FedPM: no weight values go up at all (a mask per client), below 1 bit per prunable weight
+    n = sum(t.numel() for name, t in clone_state(build_model("cnn_digits_bn", (1, 8, 8), 10)).items()
+            if name in prunable_names(build_model("cnn_digits_bn", (1, 8, 8), 10)))
+    for row in by["fedpm"]:
+        assert row["values_bytes_up"] == 0
+        assert row["bytes_up"] < 2 * (n / 8) + 4096 and row["bytes_down"] > 2 * 4 * n
+    # FedSelect: half of each layer's weights turn personal at a client's first round, and never travel again
+    assert by["fedselect"][0]["values_bytes_up"] < 0.6 * by["fedbn"][0]["values_bytes_up"]
+    assert by["fedselect"][-1]["density_mean"] < 1.0
+    for name in cfg.strategies:
+        final = by[name][-1]
+        assert 0 <= final["personalized_acc_mean"] <= 1 and 0 <= final["deployed_acc_mean"] <= 1
+        assert math.isfinite(final["finetuned_acc_mean"])

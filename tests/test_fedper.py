@@ -12,7 +12,7 @@ from fedlottery.training import evaluate
 from strategies.base import Reply
 from strategies.fedper import FedPerOptions, FedPerStrategy
 
-from test_baselines import Federation, small_config
+from federation_helpers import Federation, small_config
 
 
 def _reply(pid, state, n):

@@ -18,7 +18,7 @@ from fedlottery.sparsity import Mask
 from fedlottery.training import evaluate
 from strategies.base import ClientData, ClientTask
 from strategies.fedpm import FedPMOptions, FedPMStrategy, mask_entropy_bits
-from test_baselines import Federation, small_config
+from federation_helpers import Federation, small_config
 
 
 def _toy(n, seed, input_shape):

@@ -8,7 +8,7 @@ from fedlottery.errors import ConfigError
 from fedlottery.models import clone_state, head_names
 from strategies.fedrep import FedRepOptions, FedRepStrategy
 
-from test_baselines import Federation, small_config
+from federation_helpers import Federation, small_config
 
 
 def _phases(make_task, monkeypatch, model_name, epochs=3, body_epochs=1):

@@ -18,7 +18,7 @@ from fedlottery.errors import ConfigError
 from fedlottery.sparsity import Mask
 from strategies.base import Reply
 from strategies.fedselect import FedSelectOptions, FedSelectStrategy, grow_personal
-from test_baselines import Federation, small_config
+from federation_helpers import Federation, small_config
 
 
 def test_growth_moves_the_largest_changes_out_of_the_shared_mask():

@@ -8,7 +8,7 @@ from fedlottery.comm import unpack_state
 from fedlottery.sparsity import Mask
 from strategies.base import Reply
 from strategies.fedspa import FedSpaOptions, FedSpaStrategy
-from test_baselines import Federation
+from federation_helpers import Federation
 
 
 def test_initial_masks_are_personal_at_the_density_and_derived_alike_on_both_sides(make_setup):

@@ -23,7 +23,7 @@ from strategies.fedpm import FedPMStrategy
 from strategies.flash import DENSITY_PREFIX, FlashJMWSTStrategy, FlashOptions
 from strategies.base import Reply
 from fedlottery.aggregation import ClientWeights
-from test_baselines import Federation, small_config
+from federation_helpers import Federation, small_config
 
 RENAMED = "fedavg-under-another-name"
 

@@ -8,7 +8,7 @@ import fedlottery.runtime.shared_evaluation as shared_evaluation
 from fedlottery.models import build_model
 from fedlottery.runtime.shared_evaluation import evaluate_shared, worth_sharing
 from fedlottery.training import evaluate, evaluate_per_example
-from test_baselines import Federation, small_config
+from federation_helpers import Federation, small_config
 
 
 @pytest.fixture(autouse=True)

@@ -66,3 +66,10 @@ def test_readme_strategy_example_works(monkeypatch):
            {"w": torch.tensor([100.0, 7.0, 0.0]), "b": torch.tensor([3.0])}]
     server.aggregate(1, [Reply(i, ClientWeights(u, None), 1, {}) for i, u in enumerate(ups)])
     assert server.global_state["w"].tolist() == [2.0, 6.0, 0.0] and server.global_state["b"].tolist() == [2.0]
+
+
+def test_every_strategy_is_listed_in_order():
+    from strategies import available
+
+    assert list(available())[:7] == [
+        "fedavg", "lotteryfl", "fedltn", "flash-spdst", "flash-jmwst", "hetero-flash", "cell"]
