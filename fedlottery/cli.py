@@ -284,7 +284,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         _run_all(cfg, out, args, verbosity)
         return 0
     _runner(args, verbosity)(cfg, out, resume=args.resume)
-    table = report([out])
+    table = report([out], out)  # compare writes this run: its plots go beside its results
     (out / "table.md").write_text(table + "\n")
     print(table)
     print(f"\nwritten: {out}/table.md, rounds.csv, clients.csv, summary.json")

@@ -72,6 +72,34 @@ def test_flwr_run_and_fedlottery_run_write_the_same_results(tmp_path, tiny_confi
 
     assert run_files(theirs) == run_files(ours)
 
+    # plain `flwr run .` as a Flower user types it (docs/flower-ray.md): Flower's own local SuperLink, the node
+    # count in --federation-config, settings through --run-config, client state in the SuperNodes' Contexts
+    plain, home = tmp_path / "plain_flwr_run", tmp_path / "plain_flwr_home"
+    env = _env(FLWR_HOME=str(home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_DISABLE_UPDATE_CHECK="1",
+               FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(_free_port()), FLWR_LOCAL_CONTROL_API_PORT=str(_free_port()),
+               RAY_ADDRESS="local")
+    try:
+        typed = subprocess.run(["flwr", "run", ".", "local", "--federation-config", "num-supernodes=4", "--run-config",
+                                f'config="{config}" out-dir="{plain}" strategies="lotteryfl,fedavg"', "--stream"],
+                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        _stop_superlinks_under(home)
+    assert (plain / "summary.json").exists(), (typed.stdout + typed.stderr)[-3000:]
+    assert run_files(plain) == run_files(ours)
+
+
+def _stop_superlinks_under(home: Path) -> None:
+    """Flower leaves the local SuperLink it started running; stop the one whose files are under `home`."""
+    import signal
+
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if "flower-superlink" in args and str(home) in args:
+            os.kill(int(proc.name), signal.SIGTERM)
+
 
 @pytest.mark.slow
 def test_quiet_prints_only_the_table(tmp_path, tiny_config):
@@ -300,3 +328,46 @@ def test_a_clients_traceback_from_the_engine_is_dropped_unless_verbose():
                                                             "occurred. Message: boom")
     assert quiet.filter(record(trace, "/my/own/code.py"))  # anyone else's traceback stays
     assert simulation._DropFlowerNoise(tracebacks=False).filter(record(trace, engine))
+
+
+def test_too_few_supernodes_is_one_line_naming_the_fix_not_a_silent_wait(monkeypatch, tiny_config):
+    """Flower's default simulation federation has 2 SuperNodes; a 4-client experiment stops at once with the
+    federation-config it needs, instead of waiting ten minutes for nodes that never come."""
+    from fedlottery.config import from_dict, FederatedConfig
+    from fedlottery.runtime import server_app
+
+    class TwoNodes:
+        def get_node_ids(self):
+            return [11, 12]
+
+    monkeypatch.setattr(server_app, "SIMULATED_NODES_GRACE", 0.2)
+    cfg = from_dict(FederatedConfig, tiny_config())
+    with pytest.raises(RuntimeError) as err:
+        server_app.discover_clients(TwoNodes(), cfg, "", timeout=0.2)
+    assert "has 2 SuperNode(s), the config has partition.num_clients = 4" in str(err.value)
+    assert '--federation-config "num-supernodes=4"' in str(err.value) and "\n" not in str(err.value)
+
+
+def test_run_config_sets_the_common_settings(tiny_config, tmp_path):
+    """`flwr run . --run-config` reaches strategies, rounds, seed, clients per round and any --set key."""
+    from fedlottery.runtime.server_app import experiment_from_run_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config()))
+    cfg = experiment_from_run_config({"config": str(path), "strategies": "fedavg, lotteryfl", "num-rounds": 3,
+                                      "seed": 7, "clients-per-round": 2, "set": "local.lr=0.05; partition.val_fraction=0.2"})
+    assert (cfg.strategies, cfg.rounds, cfg.seed, cfg.clients_per_round) == (["fedavg", "lotteryfl"], 3, 7, 2)
+    assert (cfg.local.lr, cfg.partition.val_fraction) == (0.05, 0.2)
+    unset = experiment_from_run_config({"config": str(path), "strategies": "", "num-rounds": 0, "seed": -1,
+                                        "clients-per-round": 0, "set": ""})
+    assert unset == experiment_from_run_config({"config": str(path)})
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert {"strategies", "num-rounds", "seed", "clients-per-round", "set"} <= set(pyproject)
+
+
+def test_a_clientapp_that_is_not_fedlotterys_is_named_in_one_line():
+    from fedlottery.runtime.server_app import setup_failure
+
+    line = setup_failure(7, "No query function registered with name 'default'")
+    assert "node 7's ClientApp does not answer fedlottery's setup query" in line and "docs/plugins.md" in line
+    assert setup_failure(7, "disk full") == "client setup failed on node 7: disk full"

@@ -54,8 +54,9 @@ def check_flwr_entry() -> None:
 
 def _run_config(experiment: Path, out_dir: Path, resume: bool) -> str:
     """`--run-config` for fedlottery.runtime.server_app:main (TOML values; paths absolute: the SuperLink's working
-    directory is the project root, not the caller's)."""
-    return (f'config="{experiment}" out-dir="{out_dir}" num-rounds=0 '
+    directory is the project root, not the caller's). Client state in the run directory: the script gives the
+    client actors that directory as their own ($FEDLOTTERY_STATE_DIR), which a plain `flwr run .` cannot."""
+    return (f'config="{experiment}" out-dir="{out_dir}" num-rounds=0 client-state="directory" '
             f'resume={"true" if resume else "false"}')
 
 

@@ -11,6 +11,7 @@ import json
 import math
 import random
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,21 +96,47 @@ class Experiment:
     tracker: Tracker
 
 
+SIMULATED_NODES_GRACE = 10.0  # s: Flower's simulation registers its virtual SuperNodes before the ServerApp runs
+
+
+def too_few_nodes(found: int, expected: int, simulated: bool) -> str:
+    """Why a run cannot start with `found` SuperNodes, and how to give it `expected` (one per client)."""
+    where = "Flower's simulation federation" if simulated else "the federation"
+    return (f"{where} has {found} SuperNode(s), the config has partition.num_clients = {expected} (one SuperNode "
+            f"per client): run `flwr run . <connection> --federation-config \"num-supernodes={expected}\" "
+            "--stream`, or `fedlottery run CONFIG --entry flwr`, which sets it")
+
+
+def setup_failure(node: int, reason: str) -> str:
+    """The one line a run stops with when a node could not set up; a ClientApp that is not fedlottery's (it has
+    no handler for the setup query) is named as such."""
+    if "No query function registered" in reason:
+        return (f"node {node}'s ClientApp does not answer fedlottery's setup query ({reason}): fedlottery's "
+                "ServerApp drives fedlottery's ClientApp, `fedlottery.runtime.simulation:client_app` (pyproject's "
+                "[tool.flwr.app.components]); bring your own model and data to it as plug-ins (docs/plugins.md)")
+    return f"client setup failed on node {node}: {reason}"
+
+
 def discover_clients(grid: Grid, cfg: FederatedConfig, state_dir: str, timeout: float = 600) -> dict[int, int]:
     """Send every node the experiment (and where client state lives); learn which partition each holds."""
     expected = cfg.partition.num_clients
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    simulated = "flwr.server.superlink.fleet.vce.vce_api" in sys.modules  # virtual SuperNodes: all there at once
+    said = 0.0
     while len(nodes := list(grid.get_node_ids())) < expected:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {len(nodes)} of {expected} client nodes connected within {timeout:.0f}s")
+        waited = time.monotonic() - start
+        if waited > (SIMULATED_NODES_GRACE if simulated else timeout):
+            raise RuntimeError(too_few_nodes(len(nodes), expected, simulated))
+        if not simulated and waited - said >= 30:
+            said = waited
+            stderr_log(f"waiting for client nodes: {len(nodes)} of {expected} connected ({waited:.0f} s)")
         time.sleep(0.5)
     config = ConfigRecord({"experiment": json.dumps(to_dict(cfg)), "state-dir": state_dir})
     messages = [Message(RecordDict({"config": config}), node, MessageType.QUERY) for node in nodes]
     node_of: dict[int, int] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
-            raise RuntimeError(f"client setup failed on node {reply.metadata.src_node_id}: "
-                               f"{one_line(reply.error.reason)}")
+            raise RuntimeError(setup_failure(reply.metadata.src_node_id, one_line(reply.error.reason)))
         pid = int(reply.content["metrics"]["partition-id"])
         if pid in node_of:
             raise RuntimeError(f"two nodes claim partition {pid}: check num-supernodes and partition.num_clients")
@@ -484,6 +511,21 @@ def _strategy_summary(run: StrategyRun, strategy: FederatedStrategy, num_clients
 app = ServerApp()
 
 
+def experiment_from_run_config(run_config) -> FederatedConfig:
+    """The experiment a `flwr run` asks for: the YAML file `config`, then the run config's overrides, each
+    settable with `--run-config` (pyproject's [tool.flwr.app.config] lists them with their "unset" values):
+    `set` (--set assignments, separated by ";"), `strategies` (comma-separated names or variant labels),
+    `num-rounds`, `seed`, `clients-per-round`."""
+    settings = [s.strip() for s in str(run_config.get("set", "")).split(";") if s.strip()]
+    seed, per_round = int(run_config.get("seed", -1)), int(run_config.get("clients-per-round", 0))
+    settings += [f"seed={seed}"] if seed >= 0 else []
+    settings += [f"clients_per_round={per_round}"] if per_round > 0 else []
+    names = [n.strip() for n in str(run_config.get("strategies", "")).split(",") if n.strip()]
+    rounds = int(run_config.get("num-rounds", 0))
+    return load_experiment(resolve_config_path(str(run_config.get("config", "configs/default.yaml"))),
+                           rounds=rounds if rounds > 0 else None, strategies=names or None, settings=settings)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """The `flwr run` entry: read `config` (a YAML path), `num-rounds`, `out-dir`, `resume` and `client-state` from
@@ -492,13 +534,9 @@ def main(grid: Grid, context: Context) -> None:
     Under Flower's simulation runtime (simulations/flwr_run.sh) Flower's Ray backend has started Ray before this
     runs: the config's `simulation` section cannot choose it any more (the federation config and $RAY_ADDRESS do),
     and the one-pass delivery loop must already be in place (`fedlottery.runtime.simulation:client_app` installs it)."""
-    import sys
-
     in_simulation_runtime = "flwr.server.superlink.fleet.vce.vce_api" in sys.modules  # (checked before any import)
     run_config = context.run_config
-    cfg = load_experiment(resolve_config_path(str(run_config.get("config", "configs/default.yaml"))))
-    if "num-rounds" in run_config and int(run_config["num-rounds"]) > 0:
-        cfg.rounds = int(run_config["num-rounds"])
+    cfg = experiment_from_run_config(run_config)
     out_dir = Path(str(run_config.get("out-dir", "runs/flwr")))
     stderr_log(f"results -> {out_dir.resolve()}")
     if in_simulation_runtime:
@@ -520,6 +558,9 @@ def main(grid: Grid, context: Context) -> None:
         if cfg.simulation.ray_address:
             stderr_log(f"warning: simulation.ray_address {cfg.simulation.ray_address!r} is not used under `flwr "
                        "run`: Flower's backend started Ray before the ServerApp read the config; set RAY_ADDRESS")
-    run_experiment(grid, cfg, out_dir, resume=bool(run_config.get("resume", False)),
-                   client_state=str(run_config.get("client-state", "directory")))
+    resume, client_state = bool(run_config.get("resume", False)), str(run_config.get("client-state", "context"))
+    if resume and client_state != "directory":
+        raise ConfigError('resume=true needs client-state="directory" (a SuperNode\'s Context does not outlive its '
+                          "run): use `fedlottery run CONFIG --out DIR --resume --entry flwr`")
+    run_experiment(grid, cfg, out_dir, resume=resume, client_state=client_state)
 
