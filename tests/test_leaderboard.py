@@ -97,3 +97,17 @@ def test_rows_rank_by_the_better_treatment_and_count_the_uplink_ratio(tmp_path):
     table = leaderboard.rows(tmp_path)
     assert [r.name for r in table] == ["fedavg", "ticket"] and table[1].ratio == pytest.approx(0.25)
     assert "| 2 | ticket | other | 0,1 | 85.00 ± 0.00 | 86.00 ± 0.00 | fine-tuned |" in leaderboard.table_markdown(table)
+
+
+def test_a_claim_is_a_paired_difference_judged_against_its_spread():
+    from fedlottery.runs.leaderboard import claim_verdict, paired_delta
+
+    runs = {seed: _summary({"fedavg": (0.80 + d, 0.85, 100), "mine": (0.83 + 2 * d, 0.84, 25)})
+            for seed, d in ((0, 0.0), (1, 0.01), (2, 0.02))}
+    delta = paired_delta(runs, "mine", "as sent", "fedavg", "as sent")
+    assert delta[0] == pytest.approx(4.0) and delta[1] == pytest.approx(1.0) and delta[2] == 3  # +3, +4, +5
+    assert claim_verdict(delta, 0) == "holds" and claim_verdict(delta, 10) == "does not hold"
+    assert claim_verdict(delta, 3.5) == "within the spread"
+    tuned = paired_delta(runs, "mine", "as sent", "fedavg", "fine-tuned")  # -2, -1, 0
+    assert claim_verdict(tuned, 0) == "within the spread" and claim_verdict(tuned, 0, no_worse=True) == "holds"
+    assert claim_verdict(paired_delta(runs, "ditto", "as sent", "fedavg", "as sent"), 0) == "not recorded"

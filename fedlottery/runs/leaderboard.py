@@ -100,6 +100,54 @@ def verdict(table: list[Row], references: list[str]) -> dict:
             "missing": [n for n in references if n not in {r.name for r in refs}]}
 
 
+METRICS = {"as sent": "personalized_acc_final", "fine-tuned": "finetuned_acc_final"}
+
+
+def paired_delta(runs: dict[int, dict], method: str, metric: str, against: str, against_metric: str
+                 ) -> tuple[float, float, int] | None:
+    """(mean, std, seeds) over seeds of method's `metric` minus against's `against_metric`, in points, each seed
+    paired with itself; None when no seed has both."""
+    deltas = []
+    for s in runs.values():
+        mine = s["strategies"].get(method, {}).get(METRICS[metric])
+        theirs = s["strategies"].get(against, {}).get(METRICS[against_metric])
+        if mine is not None and theirs is not None:
+            deltas.append(100 * (mine - theirs))
+    if not deltas:
+        return None
+    return (*_mean_std(deltas), len(deltas))
+
+
+def claim_verdict(delta: tuple[float, float, int] | None, above: float, no_worse: bool = False) -> str:
+    """A claim that one method beats another by more than `above` points: "holds" when the paired difference's
+    mean - std clears it, "does not hold" when its mean + std stays under it, "within the spread" between. A
+    `no_worse` claim ("no accuracy lost") holds unless mean + std stays under `above`. "not recorded" without
+    the two methods on one seed."""
+    if delta is None:
+        return "not recorded"
+    mean, std, _ = delta
+    if mean + std < above:
+        return "does not hold"
+    if no_worse or mean - std > above:
+        return "holds"
+    return "within the spread"
+
+
+def claims_markdown(claims: list[dict], records: dict[str, Path]) -> str:
+    """The claims table: each paper's claim as a paired difference on one setting, with its verdict."""
+    head = ["paper", "claim", "setting", "tested as", "measured (paired, points)", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in claims:
+        runs = summaries(records[c["setting"]])
+        delta = paired_delta(runs, c["method"], c["metric"], c["against"], c["against_metric"])
+        sign = "≥" if c.get("no_worse") else ">"
+        tested = f"{c['method']} ({c['metric']}) − {c['against']} ({c['against_metric']}) {sign} {c['above']:g}"
+        measured = "" if delta is None else f"{delta[0]:+.2f} ± {delta[1]:.2f} ({delta[2]} seeds)"
+        lines.append("| " + " | ".join([c["paper"], c["claim"], c["setting"], tested, measured,
+                                         claim_verdict(delta, c["above"], c.get("no_worse", False))]) + " |")
+    return "\n".join(lines)
+
+
 def _pm(pair: tuple[float, float] | None, digits: int = 2) -> str:
     return "" if pair is None else f"{pair[0]:.{digits}f} ± {pair[1]:.{digits}f}"
 
@@ -155,8 +203,12 @@ def build(spec_path: Path, page: Path | None = None, figures: Path | None = None
         plot_frontier(runs, names, palette(names, config), f"{entry['title']}\n{setting(config)}", figures / png)
         summary.append(f"| [{entry['title']}](#{slug(entry['title']).replace('_', '-')}) | {verdict_line(v)} |")
         parts.append(_section(entry, table, v, config, f"{link}/{png}"))
+    records = {entry["title"]: base / entry["record"] for entry in spec["settings"]}
+    claims = ["## What survives: the papers' claims on the same metric", spec["claims_intro"].strip(),
+              claims_markdown(spec["claims"], records)] if spec.get("claims") else []
     text = "\n\n".join([GENERATED.format(command=spec["command"]), f"# {spec['heading']}", spec["intro"].strip(),
-                         "| setting | a ticket that wins? |\n|---|---|\n" + "\n".join(summary), *parts]) + "\n"
+                         "| setting | a ticket that wins? |\n|---|---|\n" + "\n".join(summary), *claims,
+                         *parts]) + "\n"
     page.write_text(text)
     return page
 
