@@ -177,7 +177,13 @@ def verdict_line(v: dict) -> str:
 
 
 def slug(title: str) -> str:
+    """A file name for a setting's figure."""
     return re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_")
+
+
+def anchor(title: str) -> str:
+    """The id the docs' Markdown gives a heading (Python-Markdown's toc slug), for links within the page."""
+    return re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", title).strip().lower())
 
 
 def build(spec_path: Path, page: Path | None = None, figures: Path | None = None) -> Path:
@@ -201,7 +207,7 @@ def build(spec_path: Path, page: Path | None = None, figures: Path | None = None
         png = f"{slug(entry['title'])}.png"
         names = [r.name for r in table]
         plot_frontier(runs, names, palette(names, config), f"{entry['title']}\n{setting(config)}", figures / png)
-        summary.append(f"| [{entry['title']}](#{slug(entry['title']).replace('_', '-')}) | {verdict_line(v)} |")
+        summary.append(f"| [{entry['title']}](#{anchor(entry['title'])}) | {verdict_line(v)} |")
         parts.append(_section(entry, table, v, config, f"{link}/{png}"))
     records = {entry["title"]: base / entry["record"] for entry in spec["settings"]}
     claims = ["## What survives: the papers' claims on the same metric", spec["claims_intro"].strip(),
