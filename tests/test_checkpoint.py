@@ -15,7 +15,7 @@ import torch
 from fedlottery.errors import CheckpointError
 from fedlottery.plain_state import PlainStateError, from_plain, to_plain
 from fedlottery.runs.checkpoint import CHECKPOINT_FILE, VERSION, load_checkpoint, save_checkpoint
-from fedlottery.runtime.server_app import StrategyRun
+from fedlottery.runtime.round_loop import StrategyRun
 from fedlottery.sparsity import Mask
 from fedlottery.sparsity.mask_table import MaskTable
 from strategies import available

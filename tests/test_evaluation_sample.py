@@ -1,7 +1,7 @@
 """A sampled evaluation before the last round: seeded, the same for every strategy, never the last round."""
 from fedlottery.config import ConfigError, FederatedConfig, from_dict
 from fedlottery.runs.report import _setup
-from fedlottery.runtime.server_app import evaluation_clients
+from fedlottery.runtime.round_loop import evaluation_clients
 
 import pytest
 

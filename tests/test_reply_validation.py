@@ -315,7 +315,7 @@ def test_a_lost_ray_worker_is_told_apart_from_a_clients_own_failure(flower_run):
     from flwr.app import Error, Message, RecordDict
     from flwr.common.constant import ErrorCode
 
-    from fedlottery.runtime.server_app import lost_worker
+    from fedlottery.runtime.round_loop import lost_worker
 
     def reply(code, reason):
         ask = Message(RecordDict(), 1, "train")

@@ -80,7 +80,7 @@ def test_a_client_that_cannot_write_its_state_stops_the_run(flower_run):
     from flwr.app import Error, Message, RecordDict
     from flwr.common.constant import ErrorCode
 
-    from fedlottery.runtime import server_app
+    from fedlottery.runtime import round_loop
 
     ask = Message(RecordDict(), 1, "train")
     ask.metadata.__dict__["_message_id"] = "m1"
@@ -93,7 +93,7 @@ def test_a_client_that_cannot_write_its_state_stops_the_run(flower_run):
             return [reply]
 
     with pytest.raises(OSError) as err:
-        server_app._send(Grid(), [ask], 10.0, 2, "training", None, server_app.StrategyRun("fedavg"))
+        round_loop.send(Grid(), [ask], 10.0, 2, "training", None, round_loop.StrategyRun("fedavg"))
     assert err.value.errno == errno.ENOSPC and "could not write its state" in str(err.value)
     assert not isinstance(err.value, ResultsWriteError)  # run_experiment turns it into the one line
 
