@@ -8,7 +8,7 @@ Layers, bottom to top (docs/architecture.md draws them):
   4 strategies                              (both halves of every algorithm)
   5 runs                                    (what a run writes and reads back: results, checkpoints, reports)
   6 runtime, imp                            (Flower apps, simulation, Ray; the centralized IMP runner)
-  7 cli                                     (the command line)
+  7 cli, flower                             (the command line; the apps for your own Flower project)
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ LAYER = {
     "strategies": 4,
     "fedlottery.runs": 5,
     "fedlottery.runtime": 6, "fedlottery.imp": 6,
-    "fedlottery.cli": 7,
+    "fedlottery.cli": 7, "fedlottery.flower": 7,
 }
 FL_LIBRARIES = ("flwr", "flwr_datasets", "ray")
 
