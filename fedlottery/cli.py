@@ -269,7 +269,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     summary = _runner(args, verbosity)(cfg, out, resume=args.resume)
     print(comparison_table([(out.name, summary)], [run_hurt(out)]))
-    print(f"\nwritten: {out}/rounds.csv, clients.csv, summary.json  (plots: fedlottery report {out})")
+    print(f"\nwritten: {out}/rounds.csv, clients.csv, summary.json  "
+          f"(plots: fedlottery report {out} --plots {out}/plots)")
     return 0
 
 
@@ -324,7 +325,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         _, plots = write_seed_record(into)
         print(f"\nwritten: {into}/table.md; plots: {', '.join(p.name for p in plots)}")
     else:
-        print(f"\ntables and plots: fedlottery report {args.into}")
+        print(f"\ntables and plots: fedlottery report {args.into} --plots DIR")
     return 0
 
 

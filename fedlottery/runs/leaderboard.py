@@ -61,24 +61,31 @@ def rows(record: Path) -> list[Row]:
         raise FileNotFoundError(f"{record} holds no seed<S>/summary.json: is it a --seeds record?")
     config = next(iter(runs.values()))["config"]
     hurt = {seed: run_hurt(seed_dir(record, seed)) for seed in runs}
-    names = list(dict.fromkeys(n for s in runs.values() for n in s["strategies"]))
     base = [s["strategies"][BASELINE]["bytes_up"] for s in runs.values() if BASELINE in s["strategies"]]
     base_up = statistics.fmean(base) if base else None
     out = []
-    for name in names:
+    for name in dict.fromkeys(n for s in runs.values() for n in s["strategies"]):
         per_seed = {seed: s["strategies"][name] for seed, s in runs.items() if name in s["strategies"]}
-        honest = [100 * v["personalized_acc_final"] for v in per_seed.values() if v.get("personalized_acc_final") is not None]
-        if not honest:
-            continue
-        tuned = [100 * v["finetuned_acc_final"] for v in per_seed.values() if v.get("finetuned_acc_final") is not None]
-        up = [v["bytes_up"] / MB for v in per_seed.values()]
-        shares = [100 * hurt[seed][name] for seed in per_seed if hurt[seed].get(name) is not None]
-        out.append(Row(name, family(name, config), list(per_seed), _mean_std(honest),
-                       _mean_std(tuned) if tuned else None, _mean_std(up),
-                       statistics.fmean(up) * MB / base_up if base_up else None,
-                       _mean_std(shares) if shares and name != LOCAL else None,
-                       max((v.get("rounds") or 0) for v in per_seed.values()) or None))
+        row = _row(name, family(name, config), per_seed, hurt, base_up)
+        if row is not None:
+            out.append(row)
     return sorted(out, key=lambda r: -r.best[0])
+
+
+def _row(name: str, fam: str, per_seed: dict[int, dict], hurt: dict[int, dict], base_up: float | None) -> Row | None:
+    """One method's Row from its seeds' summaries; None when no seed has an honest accuracy."""
+    def percents(key: str) -> list[float]:
+        return [100 * v[key] for v in per_seed.values() if v.get(key) is not None]
+
+    honest, tuned = percents("personalized_acc_final"), percents("finetuned_acc_final")
+    if not honest:
+        return None
+    up = [v["bytes_up"] / MB for v in per_seed.values()]
+    shares = [100 * hurt[seed][name] for seed in per_seed if hurt[seed].get(name) is not None]
+    return Row(name, fam, list(per_seed), _mean_std(honest), _mean_std(tuned) if tuned else None, _mean_std(up),
+               statistics.fmean(up) * MB / base_up if base_up else None,
+               _mean_std(shares) if shares and name != LOCAL else None,
+               max((v.get("rounds") or 0) for v in per_seed.values()) or None)
 
 
 def verdict(table: list[Row], references: list[str]) -> dict:
@@ -169,7 +176,8 @@ def verdict_line(v: dict) -> str:
     if ref is None:
         return "no reference method in this record: " + ", ".join(v["missing"])
     if c is None:
-        return f"no sparse or compressed method at ≤ 1/3 of FedAvg's uplink in this record (strongest reference: {ref.name})"
+        return ("no sparse or compressed method at ≤ 1/3 of FedAvg's uplink in this record (strongest reference: "
+                f"{ref.name})")
     word = "**wins**" if v["wins"] else "does not win"
     return (f"closest: **{c.name}** ({c.best[2]}) {_pm(c.best[:2])} % at {c.ratio:.3f}x the uplink, against "
             f"{ref.name} ({ref.best[2]}) {_pm(ref.best[:2])} %: margin {v['margin']:+.2f} points between the "

@@ -136,13 +136,11 @@ def write_seed_record(out: Path, baseline: str | None = None) -> tuple[str, list
 
 def seed_plots(out: Path, into: Path | None = None) -> list[Path]:
     """accuracy_vs_round_seeds.png (mean, band = ± std over seeds), frontier_seeds.png (final accuracy against
-    MiB up + down, error bars both ways) and client_accuracy_seeds.png (per-client final accuracy, all seeds),
+    the uplink, fedlottery.runs.frontier) and client_accuracy_seeds.png (per-client final accuracy, all seeds),
     written into `into` (default: `out` itself, as `run --seeds` and `merge` do for the record they write)."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out = Path(out)
     into = Path(into) if into is not None else out
     into.mkdir(parents=True, exist_ok=True)
