@@ -139,3 +139,15 @@ def test_where_the_fine_tuned_column_is_computed_does_not_split_an_experiment(tm
     _run(tmp_path / "record", ["fedavg"])
     _run(tmp_path / "new", ["fedbn"], config=_config(evaluation={"finetune_epochs": 0, "finetune_rounds": "last"}))
     assert "added fedbn" in merge(tmp_path / "new", tmp_path / "record")[0]
+
+
+def test_the_first_seed_starts_a_new_record_and_a_foreign_directory_is_refused(tmp_path, capsys):
+    _run(tmp_path / "out0" / "seed0", ["fedavg", "fedbn"])
+    assert main(["merge", str(tmp_path / "out0"), str(tmp_path / "record")]) == 0
+    assert "started the record with seed 0" in capsys.readouterr().out
+    assert read_json(tmp_path / "record" / "seed0" / "summary.json")["strategies"].keys() == {"fedavg", "fedbn"}
+    assert (tmp_path / "record" / "table.md").read_text().startswith("seeds [0]")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty"):
+        merge(tmp_path / "out0", tmp_path / "elsewhere")

@@ -44,12 +44,16 @@ SEED_FILES = ("rounds.csv", "clients.csv", "failures.log", "summary.json")  # su
 def add_seed(source: Path, into: Path, only: list[str] | None = None) -> str:
     """A seed the `--seeds` record `into` lacks (run by another process): its result files are copied in as
     into/seed<S>, after checking it is the record's experiment (its config equal to a recorded seed's but for
-    the seed) and holds every strategy the record's seeds hold. Client state and checkpoints stay behind."""
+    the seed) and holds every strategy the record's seeds hold. The first seed of a new (absent or empty)
+    `into` starts the record. Client state and checkpoints stay behind."""
     recorded = sorted(d for d in into.iterdir() if SEED_DIR.match(d.name) and (d / "summary.json").is_file()) \
         if into.is_dir() else []
     if not recorded:
-        raise ConfigError(f"{into}: no finished seed<S>/ directory to add {source.name} to (copy the source there "
-                          "instead)")
+        if into.is_dir() and any(into.iterdir()):
+            raise ConfigError(f"{into}: not empty, and no finished seed<S>/ directory in it: give a --seeds record "
+                              "or a new directory")
+        into.mkdir(parents=True, exist_ok=True)
+        return _copy_seed(source, into, "started the record with seed")
     theirs, ours = read_json(source / "summary.json"), read_json(recorded[0] / "summary.json")
     _check_same_experiment({**theirs["config"], "seed": 0}, {**ours["config"], "seed": 0}, source, recorded[0])
     wanted = list(ours["strategies"]) if only is None else list(only)
@@ -57,6 +61,10 @@ def add_seed(source: Path, into: Path, only: list[str] | None = None) -> str:
     if missing:
         raise ConfigError(f"{source} lacks {', '.join(missing)}, which {recorded[0]} holds: a seed joins a record "
                           "with the same strategies (run them for this seed first)")
+    return _copy_seed(source, into, "added seed")
+
+
+def _copy_seed(source: Path, into: Path, what: str) -> str:
     target = into / source.name
     target.mkdir()
     for name in SEED_FILES:
@@ -64,7 +72,7 @@ def add_seed(source: Path, into: Path, only: list[str] | None = None) -> str:
             tmp = target / (name + ".tmp")
             tmp.write_bytes((source / name).read_bytes())
             tmp.replace(target / name)
-    return f"{target}: added seed {source.name.removeprefix('seed')} from {source}"
+    return f"{target}: {what} {source.name.removeprefix('seed')} from {source}"
 
 
 def merge_run(source: Path, into: Path, replace: bool = False, only: list[str] | None = None) -> str:
