@@ -220,9 +220,10 @@ def build(spec_path: Path, page: Path | None = None, figures: Path | None = None
     records = {entry["title"]: base / entry["record"] for entry in spec["settings"]}
     claims = ["## What survives: the papers' claims on the same metric", spec["claims_intro"].strip(),
               claims_markdown(spec["claims"], records)] if spec.get("claims") else []
+    budget = ["## Recording budget", spec["budget"].strip()] if spec.get("budget") else []
     text = "\n\n".join([GENERATED.format(command=spec["command"]), f"# {spec['heading']}", spec["intro"].strip(),
                          "| setting | a ticket that wins? |\n|---|---|\n" + "\n".join(summary), *claims,
-                         *parts]) + "\n"
+                         *parts, *budget]) + "\n"
     page.write_text(text)
     return page
 
