@@ -25,6 +25,8 @@ from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from fedlottery.errors import ConfigError
+
 
 def import_path(fn: Callable) -> str:
     """`module:qualname` of a module-level function or class, so that another process can import it; a lambda,
@@ -67,6 +69,9 @@ def _server_app(config: Path, overrides: list[str], out_dir: Path) -> ServerApp:
         run_config: dict[str, Any] = dict(context.run_config)
         run_config["config"] = str(config.resolve())
         run_config["set"] = "; ".join([*overrides, *filter(None, str(run_config.get("set", "")).split(";"))])
+        if run_config.get("resume"):
+            raise ConfigError("resume: a SuperNode's Context, where this app keeps client state, does not outlive "
+                              "its run; start the run again (or run the experiment with fedlottery run --resume)")
         cfg = experiment_from_run_config(run_config)
         run_experiment(grid, cfg, Path(str(run_config.get("out-dir", out_dir))), client_state="context")
 
