@@ -79,7 +79,8 @@ def test_flwr_run_and_fedlottery_run_write_the_same_results(tmp_path, tiny_confi
                FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(_free_port()), FLWR_LOCAL_CONTROL_API_PORT=str(_free_port()),
                RAY_ADDRESS="local")
     try:
-        typed = subprocess.run(["flwr", "run", ".", "local", "--federation-config", "num-supernodes=4", "--run-config",
+        flwr_cli = str(Path(sys.executable).with_name("flwr"))  # this environment's CLI, whatever PATH holds
+        typed = subprocess.run([flwr_cli, "run", ".", "local", "--federation-config", "num-supernodes=4", "--run-config",
                                 f'config="{config}" out-dir="{plain}" strategies="lotteryfl,fedavg"', "--stream"],
                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     finally:
