@@ -75,12 +75,12 @@ def test_flwr_run_and_fedlottery_run_write_the_same_results(tmp_path, tiny_confi
     # plain `flwr run .` as a Flower user types it (docs/flower-ray.md): Flower's own local SuperLink, the node
     # count in --federation-config, settings through --run-config, client state in the SuperNodes' Contexts
     plain, home = tmp_path / "plain_flwr_run", tmp_path / "plain_flwr_home"
+    bin_dir = str(Path(sys.executable).parent)  # as in an activated environment: Flower starts flower-superlink by name
     env = _env(FLWR_HOME=str(home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_DISABLE_UPDATE_CHECK="1",
                FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(_free_port()), FLWR_LOCAL_CONTROL_API_PORT=str(_free_port()),
-               RAY_ADDRESS="local")
+               RAY_ADDRESS="local", PATH=os.pathsep.join([bin_dir, os.environ.get("PATH", "")]))
     try:
-        flwr_cli = str(Path(sys.executable).with_name("flwr"))  # this environment's CLI, whatever PATH holds
-        typed = subprocess.run([flwr_cli, "run", ".", "local", "--federation-config", "num-supernodes=4", "--run-config",
+        typed = subprocess.run(["flwr", "run", ".", "local", "--federation-config", "num-supernodes=4", "--run-config",
                                 f'config="{config}" out-dir="{plain}" strategies="lotteryfl,fedavg"', "--stream"],
                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     finally:
