@@ -474,7 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     _COMMAND[0] = " ".join(["fedlottery", *(sys.argv[1:] if argv is None else argv)])[:300]
     try:
         with _flower_quiet_after_ctrl_c():
-            return args.func(args)
+            code = args.func(args)
+        sys.stdout.flush()  # a block-buffered pipe (no PYTHONUNBUFFERED) meets a closed reader here, not at exit
+        return code
     except UserError as err:
         print(f"fedlottery: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
