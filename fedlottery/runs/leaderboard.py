@@ -54,9 +54,10 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def rows(record: Path) -> list[Row]:
-    """Every method of a `--seeds` record, ranked by its better treatment's mean (best first)."""
-    runs = summaries(record)
+def rows(record: Path, runs: dict[int, dict] | None = None) -> list[Row]:
+    """Every method of a `--seeds` record, ranked by its better treatment's mean (best first); `runs` are its
+    seed summaries when the caller has read them already."""
+    runs = summaries(record) if runs is None else runs
     if not runs:
         raise FileNotFoundError(f"{record} holds no seed<S>/summary.json: is it a --seeds record?")
     config = next(iter(runs.values()))["config"]
@@ -140,13 +141,13 @@ def claim_verdict(delta: tuple[float, float, int] | None, above: float, no_worse
     return "within the spread"
 
 
-def claims_markdown(claims: list[dict], records: dict[str, Path]) -> str:
-    """The claims table: each paper's claim as a paired difference on one setting, with its verdict."""
+def claims_markdown(claims: list[dict], records: dict[str, dict[int, dict]]) -> str:
+    """The claims table: each paper's claim as a paired difference on one setting (`records`: setting title ->
+    its seed summaries), with its verdict."""
     head = ["paper", "claim", "setting", "tested as", "measured (paired, points)", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in claims:
-        runs = summaries(records[c["setting"]])
-        delta = paired_delta(runs, c["method"], c["metric"], c["against"], c["against_metric"])
+        delta = paired_delta(records[c["setting"]], c["method"], c["metric"], c["against"], c["against_metric"])
         sign = "≥" if c.get("no_worse") else ">"
         tested = f"{c['method']} ({c['metric']}) − {c['against']} ({c['against_metric']}) {sign} {c['above']:g}"
         measured = "" if delta is None else f"{delta[0]:+.2f} ± {delta[1]:.2f} ({delta[2]} seeds)"
@@ -205,11 +206,11 @@ def build(spec_path: Path, page: Path | None = None, figures: Path | None = None
     page = Path(page) if page is not None else base / spec["page"]
     figures = Path(figures) if figures is not None else base / spec["figures"]
     figures.mkdir(parents=True, exist_ok=True)
-    parts, summary = [], []
+    parts, summary, records = [], [], {}
     for entry in spec["settings"]:
         record = base / entry["record"]
-        runs = summaries(record)
-        table = rows(record)
+        runs = records[entry["title"]] = summaries(record)  # read once: table, frontier and claims
+        table = rows(record, runs)
         v = verdict(table, list(spec["references"]))
         config = next(iter(runs.values()))["config"]
         png = f"{slug(entry['title'])}.png"
@@ -217,7 +218,6 @@ def build(spec_path: Path, page: Path | None = None, figures: Path | None = None
         plot_frontier(runs, names, palette(names, config), f"{entry['title']}\n{setting(config)}", figures / png)
         summary.append(f"| [{entry['title']}](#{anchor(entry['title'])}) | {verdict_line(v)} |")
         parts.append(_section(entry, table, v, config, f"{link}/{png}"))
-    records = {entry["title"]: base / entry["record"] for entry in spec["settings"]}
     claims = ["## What survives: the papers' claims on the same metric", spec["claims_intro"].strip(),
               claims_markdown(spec["claims"], records)] if spec.get("claims") else []
     budget = ["## Recording budget", spec["budget"].strip()] if spec.get("budget") else []

@@ -40,6 +40,11 @@ CLIENT_STATE_DIR = "client_state"
 RESULT_FILES = ("rounds.csv", "clients.csv", "summary.json", "failures.log", CHECKPOINT_FILE, CLIENT_STATE_DIR)
 
 
+def in_simulation_runtime() -> bool:
+    """Whether this ServerApp runs inside Flower's simulation runtime (its engine module is loaded)."""
+    return "flwr.server.superlink.fleet.vce.vce_api" in sys.modules
+
+
 SIMULATED_NODES_GRACE = 10.0  # s: Flower's simulation registers its virtual SuperNodes before the ServerApp runs
 
 
@@ -65,7 +70,7 @@ def discover_clients(grid: Grid, cfg: FederatedConfig, state_dir: str, timeout: 
     """Send every node the experiment (and where client state lives); learn which partition each holds."""
     expected = cfg.partition.num_clients
     start = time.monotonic()
-    simulated = "flwr.server.superlink.fleet.vce.vce_api" in sys.modules  # virtual SuperNodes: all there at once
+    simulated = in_simulation_runtime()  # virtual SuperNodes: all there at once
     said = 0.0
     while len(nodes := list(grid.get_node_ids())) < expected:
         waited = time.monotonic() - start
@@ -261,12 +266,12 @@ def main(grid: Grid, context: Context) -> None:
     Under Flower's simulation runtime (simulations/flwr_run.sh) Flower's Ray backend has started Ray before this
     runs: the config's `simulation` section cannot choose it any more (the federation config and $RAY_ADDRESS do),
     and the one-pass delivery loop must already be in place (`fedlottery.runtime.simulation:client_app` installs it)."""
-    in_simulation_runtime = "flwr.server.superlink.fleet.vce.vce_api" in sys.modules  # (checked before any import)
+    simulation_runtime = in_simulation_runtime()  # (checked before any import)
     run_config = context.run_config
     cfg = experiment_from_run_config(run_config)
     out_dir = Path(str(run_config.get("out-dir", "runs/flwr")))
     stderr_log(f"results -> {out_dir.resolve()}")
-    if in_simulation_runtime:
+    if simulation_runtime:
         import threading
 
         from fedlottery.runtime import delivery
