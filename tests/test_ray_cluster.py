@@ -14,6 +14,7 @@ SIGTERM, then SIGKILL after a grace period.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from fedlottery.runtime import client_app
 from fedlottery.config import ConfigError, FederatedConfig, from_dict, to_dict
@@ -126,7 +128,10 @@ def started_two_node_cluster(dashboard_port: int | None = None):
 
     The temp dir is a short mkdtemp under /tmp, not pytest's tmp_path: Ray puts unix sockets under
     <temp-dir>/session_<date>_<pid>/sockets/, and a socket path may not exceed 107 bytes. A private temp dir also
-    keeps `ray_current_cluster` out of /tmp/ray, so nobody's bare `ray.init()` can find this cluster."""
+    keeps `ray_current_cluster` out of /tmp/ray, so nobody's bare `ray.init()` can find this cluster. The worker
+    node has a temp dir of its own (<temp-dir>/w), as a real node has its own disk: two nodes sharing one unpack
+    a job's working directory into the same path, and the second unpacking deleted the directory the job's driver
+    was running in (seen: `os.getcwd()` -> FileNotFoundError in the first job that called `ray.init`)."""
     if not RAY_CLI.exists():
         pytest.skip(f"no `ray` command next to {sys.executable}")
     import ray
@@ -138,17 +143,19 @@ def started_two_node_cluster(dashboard_port: int | None = None):
                  if dashboard_port else ["--include-dashboard=false"])
     try:
         port = _free_port()
-        common = ["--num-cpus=1", "--num-gpus=0", f"--temp-dir={cluster.temp_dir}", "--disable-usage-stats"]
+        common = ["--num-cpus=1", "--num-gpus=0", "--disable-usage-stats"]
         ok, out = _ray_start(cluster, ["--head", f"--port={port}", *dashboard,
                                        f"--ray-client-server-port={_free_port()}",
                                        f"--dashboard-agent-listen-port={_free_port()}",
-                                       '--resources={"head_only": 1}', *common], "head.log")
+                                       '--resources={"head_only": 1}', f"--temp-dir={cluster.temp_dir}", *common],
+                                      "head.log")
         if not ok:
             pytest.skip(f"`ray start --head` cannot start a Ray head node here: {_why(out)}")
         printed = re.search(r"ray start --address='([^']+)'", out)
         cluster.address = printed.group(1) if printed else f"127.0.0.1:{port}"
         ok, out = _ray_start(cluster, [f"--address={cluster.address}", f"--dashboard-agent-listen-port={_free_port()}",
-                                       '--resources={"worker_node": 1}', *common], "worker.log")
+                                       '--resources={"worker_node": 1}', f"--temp-dir={cluster.temp_dir / 'w'}",
+                                       *common], "worker.log")
         if not ok:
             pytest.skip(f"`ray start --address={cluster.address}` cannot add a second node here: {_why(out)}")
         yield cluster
@@ -220,6 +227,75 @@ def test_a_run_attached_to_a_two_node_cluster_runs_clients_on_both_nodes(two_nod
     # ... and each of them really ran ClientApp calls (setup queries, training, evaluation) on its node.
     assert calls[nodes["head_only"]] >= 1 and calls[nodes["worker_node"]] >= 1, (nodes, calls)
     assert set(calls) <= set(nodes.values()), calls
+
+
+REPO = Path(__file__).resolve().parents[1]
+JOB_TIMEOUT_S = 240.0
+# The dashboard's own imports beyond plain `ray`: what `pip install -e .[cluster]` (ray[default]) adds.
+RAY_DEFAULT_MODULES = ("aiohttp_cors", "opencensus", "prometheus_client")
+
+
+def _ray_job(dashboard: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """`ray job ARGS --address DASHBOARD` as a user types it, from the repository root."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run([str(RAY_CLI), "job", args[0], "--address", dashboard, *args[1:]], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _wait_for_job(dashboard: str, job_id: str) -> str:
+    """Poll `ray job status` until the job ends: its final word (SUCCEEDED, FAILED, STOPPED), or what the command
+    last said. Ray's CLI says "Status for job 'ID': RUNNING" while a job runs but "Job 'ID' succeeded" (or failed,
+    stopped) once it has ended, coloured on a terminal."""
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    said = ""
+    while time.monotonic() < deadline:
+        answer = _ray_job(dashboard, "status", job_id)  # Ray's CLI logger writes to stderr
+        said = ANSI_CODE.sub("", answer.stdout + answer.stderr)
+        ended = re.search(r"Job '[^']+' (succeeded|failed|stopped)", said)
+        if ended:
+            return ended.group(1).upper()
+        time.sleep(2.0)
+    return f"not ended after {JOB_TIMEOUT_S:.0f} s; `ray job status` said: {said[-1500:]}"
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_the_experiment_on_both_nodes(tmp_path, tiny_config):
+    """The cluster path the docs give: `ray start --head` (dashboard on) + a worker node, then `ray job submit
+    --working-dir . -- python -m fedlottery.cli run CONFIG --out DIR` from the repository; the job's driver
+    finds the cluster through the $RAY_ADDRESS Ray gives it, its clients run on both nodes, the results land in
+    DIR (storage both nodes see: one machine here) and `ray job logs` shows the run's progress and table."""
+    missing = [m for m in RAY_DEFAULT_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"ray[default] is not installed (missing {', '.join(missing)}): job submission needs Ray's "
+                    "dashboard; `pip install -e .[cluster]`")
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(strategies=["lotteryfl"])))
+    out = tmp_path / "out"
+    port = _free_port()
+    with started_two_node_cluster(dashboard_port=port) as cluster:
+        dashboard = f"http://127.0.0.1:{port}"
+        submitted = _ray_job(dashboard, "submit", "--no-wait", "--working-dir", ".", "--",
+                             sys.executable, "-m", "fedlottery.cli", "run", str(config), "--out", str(out),
+                             timeout=120.0)
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        job_id = re.search(r"raysubmit_\w+", submitted.stdout + submitted.stderr).group(0)
+        status = _wait_for_job(dashboard, job_id)
+        answer = _ray_job(dashboard, "logs", job_id)
+        logs = answer.stdout + answer.stderr
+        assert status == "SUCCEEDED", f"job {job_id}: {status}\n{logs[-3000:]}"
+        nodes, actors, calls = _client_calls_per_node(cluster.address)
+
+    from fedlottery.runs.results import read_csv
+
+    assert "lotteryfl round 2/2" in logs and "| lotteryfl |" in logs, logs[-3000:]
+    rows = read_csv(out / "rounds.csv")
+    assert [r["round"] for r in rows] == [1, 2]
+    assert all(r["failed_train_clients"] == 0 and r["failed_eval_clients"] == 0 for r in rows)
+    assert set(actors) == set(nodes.values()) and len(nodes) == 2, (nodes, actors)
+    assert all(calls[node] >= 1 for node in nodes.values()), (nodes, calls)
 
 
 def test_teardown_ends_only_its_own_sessions():
