@@ -22,10 +22,18 @@ $(VENV)/.installed: pyproject.toml
 	@echo "== set-up done: $(VENV) is ready"
 	touch $@
 
+# `make test` adds the cluster extra (ray[default]: Ray's dashboard and job submission) so that the suite's
+# `ray job submit` test runs; `make demo` and `make setup` leave it out, because with it every private local
+# run's Ray helpers load more (benchmarks/results/startup_cluster_extra.md: a median +1.5 s to the first round).
+$(VENV)/.cluster-installed: $(VENV)/.installed
+	@echo "== set-up for the tests: adding the cluster extra (ray[default]) for tests/test_ray_cluster.py"
+	$(BIN)/python -m pip install -e ".[test,cluster]"
+	touch $@
+
 demo: setup
 	$(BIN)/fedlottery run configs/default.yaml --out runs/default --overwrite
 
-test: setup
+test: setup $(VENV)/.cluster-installed
 	$(BIN)/python -m pytest
 
 test-fast: setup

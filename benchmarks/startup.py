@@ -4,10 +4,13 @@ flwr"` measured in the same run.
 
 Usage (from the repository root, `.venv` active):
 
-    python benchmarks/startup.py --repeats 3 [--tree OLD_CHECKOUT] [--config configs/default.yaml]
+    python benchmarks/startup.py --repeats 3 [--tree OLD_CHECKOUT] [--python OTHER_ENV/bin/python]
+                                 [--config configs/default.yaml]
 
-Each repeat times the import, then one `fedlottery run` per code tree (this checkout, and each --tree given,
-e.g. a `git worktree` at an older commit), alternating, so a shared machine's load falls on all of them alike.
+Each repeat times the import, then one `fedlottery run` per variant, alternating, so a shared machine's load falls
+on all of them alike: this checkout with this interpreter, each --tree given (e.g. a `git worktree` at an older
+commit) with this interpreter, and this checkout with each --python given (another environment, e.g. one without
+an optional extra, to see what installing it costs a run).
 The first round is the moment rounds.csv gains its first row. Results: benchmarks/results/startup.csv (one row
 per run) and startup.md (medians, the ratio to the import and the targets of docs/performance.md).
 """
@@ -126,22 +129,31 @@ def summarise(rows: list[dict], trees: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _label(python: str, tree: str) -> str:
+    """A variant's name in the table: its code tree, and its interpreter where it is not this one."""
+    return tree if python == sys.executable else f"{tree} with {python}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
     parser.add_argument("--tree", action="append", default=[], help="another checkout to time beside this one")
+    parser.add_argument("--python", action="append", default=[],
+                        help="another environment's interpreter to run this checkout with, beside this one")
     parser.add_argument("--out", default=str(RESULTS / "startup"), help="OUT.csv and OUT.md are written")
     args = parser.parse_args()
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
     env.setdefault("FEDLOTTERY_DATA", str(ROOT.parent / "shared" / "data"))
-    trees = [str(ROOT)] + [str(Path(t).resolve()) for t in args.tree]
+    variants = [(sys.executable, str(ROOT))] + [(sys.executable, str(Path(t).resolve())) for t in args.tree]
+    variants += [(python, str(ROOT)) for python in args.python]
+    labels = [_label(python, tree) for python, tree in variants]
     rows = []
     for repeat in range(args.repeats):
         import_s = time_import(sys.executable)
-        for tree in trees:
-            row = {"repeat": repeat, "tree": tree, "import_s": import_s,
-                   **time_run(sys.executable, Path(tree), Path(args.config).resolve(), env)}
+        for (python, tree), label in zip(variants, labels):
+            row = {"repeat": repeat, "tree": label, "import_s": import_s,
+                   **time_run(python, Path(tree), Path(args.config).resolve(), env)}
             rows.append(row)
             print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     out = Path(args.out)
@@ -149,7 +161,7 @@ def main() -> None:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    table = summarise(rows, trees)
+    table = summarise(rows, labels)
     out.with_suffix(".md").write_text(table)
     print(table)
 
