@@ -84,9 +84,32 @@ def test_the_frontier_leaves_far_low_points_off_the_axis_and_names_them(tmp_path
     assert path.read_bytes()[:4] == b"\x89PNG"
     ax = captured["fig"].axes[0]
     texts = [t.get_text() for t in ax.texts]
-    assert "ticket as sent: 20.5 ↓" in texts and "local (0 B up)" in texts and "1/3 of FedAvg's uplink" in texts
+    assert "ticket as sent: 20.5 ↓" in texts and "local (0 B up)" in texts
+    assert "1/3 of FedAvg's uplink" in [t.get_text() for t in ax.get_legend().get_texts()]  # off the data
     assert ax.get_ylim()[0] > 80 and ax.get_xscale() == "log"
     assert "2 seeds" in ax.get_title()
+
+
+def test_names_left_off_the_axis_at_nearby_uplinks_do_not_overlap(tmp_path, monkeypatch):
+    """Seven far-low points within a decade of uplink: their names at the bottom edge stack in rows instead of
+    printing over each other (the drawn extents, in the final layout, overlap nowhere)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    captured = {}
+    monkeypatch.setattr(plt, "close", lambda fig: captured.setdefault("fig", fig))
+    names = [f"sparse-method-{i}" for i in range(7)]
+    runs = {seed: _summary({"fedavg": (0.94, 0.95, 30 * 2**20),
+                            **{n: (0.20, 0.93, (5 + i) * 2**20) for i, n in enumerate(names)}}) for seed in (0, 1)}
+    frontier.plot_frontier(runs, ["fedavg", *names], families.palette(["fedavg", *names], runs[0]["config"]),
+                           "a title", tmp_path / "f.png")
+    fig = captured["fig"]
+    renderer = fig.canvas.get_renderer()
+    below = [t.get_window_extent(renderer) for t in fig.axes[0].texts if "as sent:" in t.get_text()]
+    assert len(below) == 7
+    assert not any(a.overlaps(b) for i, a in enumerate(below) for b in below[i + 1:])
 
 
 def test_rows_rank_by_the_better_treatment_and_count_the_uplink_ratio(tmp_path):
