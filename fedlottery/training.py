@@ -93,6 +93,42 @@ def _wants_channels_last(model: nn.Module, x: torch.Tensor) -> bool:
     return x.dim() == 4 and _first_conv(model) is not None and _device_of(model, x).type == "cpu"
 
 
+def _conv_weights_to_channels_last(model: nn.Module) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """Give every 4-d conv weight channels_last storage by swapping `.data` (the Parameter objects stay, so the
+    optimizers, masks and hooks holding them are untouched); returns (weight, its former tensor) per swap."""
+    swapped = []
+    for module in model.modules():
+        weight = module.weight if isinstance(module, nn.Conv2d) else None
+        if weight is None or weight.dim() != 4:
+            continue
+        # .to (not .contiguous): a 1-channel weight counts as channels_last-contiguous in either
+        # layout, but only the explicit NHWC strides make its convolution emit NHWC.
+        converted = weight.data.to(memory_format=torch.channels_last)
+        if converted.stride() != weight.stride():
+            swapped.append((weight, weight.data))
+            weight.data = converted
+    return swapped
+
+
+@contextmanager
+def _training_layout(model: nn.Module, x: torch.Tensor, memory_format: str):
+    """For `local.memory_format: channels_last`: conv weights in channels_last for one training run (the
+    optimizer, built inside, then keeps its momentum in the same layout), and afterwards back in the standard
+    layout with the trained values, so that state dicts, payloads and masks never see NHWC strides. Yields
+    whether each batch is to be converted too. Float rounding differs from the standard layout (a run in one
+    is a different experiment from a run in the other); measured 0.75x the CPU per epoch for LotteryFL's CNNs,
+    1.04x for LeNet-5-BN (benchmarks/results/training_memory_format.md)."""
+    if memory_format != "channels_last" or not _wants_channels_last(model, x):
+        yield False
+        return
+    swapped = _conv_weights_to_channels_last(model)
+    try:
+        yield True
+    finally:
+        for weight, _ in swapped:
+            weight.data = weight.data.contiguous()
+
+
 @contextmanager
 def _evaluation_state(models: list[nn.Module], channels_last: list[bool]):
     """Eval mode, and channels_last conv weights where asked, for the duration; then exactly as before.
@@ -107,18 +143,8 @@ def _evaluation_state(models: list[nn.Module], channels_last: list[bool]):
     try:
         for model, to_cl in zip(models, channels_last):
             model.eval()
-            if not to_cl:
-                continue
-            for module in model.modules():
-                weight = module.weight if isinstance(module, nn.Conv2d) else None
-                if weight is None or weight.dim() != 4:
-                    continue
-                # .to (not .contiguous): a 1-channel weight counts as channels_last-contiguous in either
-                # layout, but only the explicit NHWC strides make its convolution emit NHWC.
-                converted = weight.data.to(memory_format=torch.channels_last)
-                if converted.stride() != weight.stride():
-                    swapped.append((weight, weight.data))
-                    weight.data = converted
+            if to_cl:
+                swapped += _conv_weights_to_channels_last(model)
         yield
     finally:
         for weight, original in reversed(swapped):
@@ -283,6 +309,7 @@ class _Loop:
     result: TrainResult
     step: int = 0
     best_state: dict | None = None
+    channels_last: bool = False  # convert each batch (the model's conv weights already are: _training_layout)
 
 
 def _start(model: nn.Module, n: int, cfg: TrainingConfig, mask: Mask | None, lr: float | None,
@@ -336,7 +363,8 @@ def _one_epoch(loop: _Loop, train_data: Split, generator: torch.Generator, val_d
     order = torch.randperm(n, generator=generator).to(x.device)
     for start in range(0, n, batch):
         idx = order[start : start + batch]
-        _masked_step(loop, x[idx], y[idx])
+        xb = x[idx].contiguous(memory_format=torch.channels_last) if loop.channels_last else x[idx]
+        _masked_step(loop, xb, y[idx])
         if on_iteration is not None:
             on_iteration(loop.step, loop.model)
         if val_data is not None and (loop.step % loop.cfg.eval_every == 0 or loop.step == loop.total):
@@ -357,6 +385,19 @@ def _test_accuracies(loop: _Loop, test_data: Split) -> None:
     model.load_state_dict(loop.best_state)
     result.test_acc_early_stop = _evaluate_reference(model, test_data)[1]
     model.load_state_dict(final_state)
+
+
+def _run_epochs(loop: _Loop, train_data: Split, generator: torch.Generator, val_data: Split | None,
+                test_data: Split | None, on_iteration, on_epoch) -> None:
+    """Whole epochs until `total` steps, or until `on_epoch` says stop (early-bird)."""
+    loop.model.train()
+    epoch = 0
+    while loop.step < loop.total:
+        _one_epoch(loop, train_data, generator, val_data, test_data, on_iteration)
+        epoch += 1
+        if on_epoch is not None and loop.step < loop.total and on_epoch(epoch, loop.model):
+            loop.result.stopped_early_by_callback = True
+            return
 
 
 def train(
@@ -385,16 +426,11 @@ def train(
     (FedProx's and Ditto's pull towards a reference: `proximal_term`); None leaves the loop exactly as
     without it. Only parameters with requires_grad are optimised (see `frozen`).
     """
-    loop = _start(model, len(train_data[1]), cfg, mask, lr, iterations, epochs, extra_loss)
-    start_time = time.perf_counter()
-    model.train()
-    epoch = 0
-    while loop.step < loop.total:
-        _one_epoch(loop, train_data, generator, val_data, test_data, on_iteration)
-        epoch += 1
-        if on_epoch is not None and loop.step < loop.total and on_epoch(epoch, model):
-            loop.result.stopped_early_by_callback = True
-            break
+    with _training_layout(model, train_data[0], cfg.memory_format) as channels_last:
+        loop = _start(model, len(train_data[1]), cfg, mask, lr, iterations, epochs, extra_loss)
+        loop.channels_last = channels_last
+        start_time = time.perf_counter()
+        _run_epochs(loop, train_data, generator, val_data, test_data, on_iteration, on_epoch)
     loop.result.iterations = loop.step
     if test_data is not None:
         _test_accuracies(loop, test_data)

@@ -128,3 +128,58 @@ def test_every_model_runs_and_declares_prunable_tensors(name):
     assert names and all(n.endswith("weight") for n in names)
     params = dict(model.named_parameters())
     assert all(params[n].dim() in (2, 4) for n in names)  # conv and linear weights only, no BN or bias
+
+
+def _pruned_cnn(seed=0):
+    torch.manual_seed(seed)
+    model = build_model("lotteryfl_cnn", (1, 28, 28), 10)
+    params = dict(model.named_parameters())
+    names = prunable_names(model)
+    return model, magnitude_prune(Mask.ones_like({n: params[n] for n in names}), params, 0.5)
+
+
+def _image_data(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 28, 28, generator=g)
+    return x, (x.flatten(1)[:, :10].argmax(1)).long()
+
+
+def test_channels_last_training_converts_during_the_run_and_hands_back_standard_weights():
+    """memory_format: channels_last trains the conv weights in NHWC (seen from inside the run) and leaves them
+    contiguous afterwards, masked weights exactly zero, and the values those of the standard layout up to float
+    rounding; the default leaves the layout alone throughout."""
+    trained, layouts = {}, {}
+    for memory_format in ("contiguous", "channels_last"):
+        model, mask = _pruned_cnn()
+        conv = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]  # > 1 input channel: the
+        # layouts differ in strides (a 1-channel weight is contiguous in both)
+        seen = []
+        cfg = TrainingConfig(optimizer="sgd", lr=0.01, momentum=0.5, batch_size=32, iterations=9, eval_every=3,
+                             memory_format=memory_format)
+        train(model, _image_data(), cfg, torch.Generator().manual_seed(0), mask=mask, val_data=_image_data(32, 1),
+              on_iteration=lambda step, m: seen.append(conv.weight.is_contiguous(memory_format=torch.channels_last)
+                                                       and not conv.weight.is_contiguous()))
+        layouts[memory_format] = seen
+        params = dict(model.named_parameters())
+        assert all(p.is_contiguous() for p in params.values())
+        for name, keep in mask.items():
+            assert torch.count_nonzero(params[name][~keep]) == 0
+        trained[memory_format] = {k: v.detach().clone() for k, v in params.items()}
+    assert layouts == {"contiguous": [False] * 9, "channels_last": [True] * 9}
+    for name, value in trained["contiguous"].items():
+        torch.testing.assert_close(trained["channels_last"][name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_leaves_a_model_without_convolutions_as_it_is():
+    model, mask = _pruned_model()
+    cfg = TrainingConfig(batch_size=32, iterations=5, memory_format="channels_last")
+    before = {k: v.stride() for k, v in model.named_parameters()}
+    train(model, _toy_data(), cfg, torch.Generator().manual_seed(0), mask=mask)
+    assert {k: v.stride() for k, v in model.named_parameters()} == before
+
+
+def test_the_federated_local_section_hands_its_memory_format_to_every_training_run():
+    from fedlottery.config import LocalTrainingConfig
+
+    assert LocalTrainingConfig().as_training().memory_format == "contiguous"
+    assert LocalTrainingConfig(memory_format="channels_last").as_training().memory_format == "channels_last"

@@ -95,6 +95,11 @@ class LocalTrainingConfig:
     weight_decay: float = 0.0  # L2 penalty passed to the optimizer
     batch_size: int = 32  # images per local step
     epochs: int = 10  # local epochs E over the client's training split per round
+    # "channels_last": conv models train with NHWC weights and batches on the CPU (0.75x the CPU per epoch for
+    # LotteryFL's CNNs, 1.04x for LeNet-5-BN: benchmarks/results/training_memory_format.md). Float rounding
+    # differs from "contiguous", so runs in the two layouts do not merge; the shipped configs, whose records were
+    # made in it, keep "contiguous"
+    memory_format: Literal["contiguous", "channels_last"] = "contiguous"
 
     def validate(self, path: str) -> None:
         self.as_training().validate(path)  # the optimizer fields share TrainingConfig's rules
@@ -102,7 +107,8 @@ class LocalTrainingConfig:
 
     def as_training(self) -> TrainingConfig:
         return TrainingConfig(optimizer=self.optimizer, lr=self.lr, momentum=self.momentum,
-                              weight_decay=self.weight_decay, batch_size=self.batch_size)
+                              weight_decay=self.weight_decay, batch_size=self.batch_size,
+                              memory_format=self.memory_format)
 
 
 @dataclass

@@ -73,6 +73,10 @@ class TrainingConfig:
     eval_every: int = 100  # steps between validation checks; the minimum validation loss is the early stop
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: anneal over the run's iterations
     device: str = "cpu"  # cpu, cuda or cuda:<index>
+    # "channels_last": conv models train with NHWC weights and batches on the CPU (0.75x the CPU for LotteryFL's
+    # CNNs, 1.04x for LeNet-5-BN: benchmarks/results/training_memory_format.md); float rounding differs, so a
+    # run in one layout is a different experiment from a run in the other. "contiguous": PyTorch's standard.
+    memory_format: Literal["contiguous", "channels_last"] = "contiguous"
 
     def validate(self, path: str) -> None:
         _check(self.lr > 0, f"{path}.lr", "must be > 0")
