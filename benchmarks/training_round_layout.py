@@ -44,28 +44,54 @@ def rows_in(rounds_csv: Path) -> int:
         return 0
 
 
+ROLES = ("driver", "client actors", "Ray's own processes")
+
+
+def role(pid: int, root: int) -> str:
+    """Which part of a run a process is: the driver (`fedlottery run`), a client actor, or one of Ray's own."""
+    if pid == root:
+        return ROLES[0]
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ROLES[2]
+    return ROLES[1] if "ClientAppActor" in cmdline or "default_worker.py" in cmdline else ROLES[2]
+
+
+def cpu_by_role(meter: TreeMeter, roles: dict[int, str]) -> dict[str, float]:
+    """The meter's CPU-s so far, summed per role (each pid's role looked up once, while it lives)."""
+    totals = dict.fromkeys(ROLES, 0.0)
+    for pid, cpu in meter.cpu.items():
+        if pid not in roles:
+            roles[pid] = role(pid, meter.root)
+        totals[roles[pid]] += cpu
+    return totals
+
+
 def one_run(config: Path, strategy: str, rounds: int, memory_format: str, env: dict[str, str]) -> dict:
-    """CPU-s of the process tree over rounds 2 .. rounds-1, and their wall time."""
+    """CPU-s of the process tree over rounds 2 .. rounds-1 (in all and per role), and their wall time."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "fedlottery.cli", "run", str(config), "--out", str(out), "-q",
                "--rounds", str(rounds), "--set", f"strategies=[{strategy}]",
                "--set", f"local.memory_format={memory_format}", "--set", f"evaluation.every={rounds}"]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        meter, marks = TreeMeter(proc.pid), {}
+        meter, marks, roles = TreeMeter(proc.pid), {}, {}
         while proc.poll() is None:
             meter.poll()
+            by_role = cpu_by_role(meter, roles)  # every poll, so that each process is classified while it lives
             seen = rows_in(out / "rounds.csv")
             for mark in (1, rounds - 1):
                 if mark not in marks and seen >= mark:
-                    marks[mark] = (meter.cpu_seconds(), time.perf_counter())
+                    marks[mark] = (meter.cpu_seconds(), time.perf_counter(), by_role)
             time.sleep(POLL_S)
         if proc.returncode != 0:
             raise RuntimeError(f"{memory_format} run failed: {proc.stderr.read()[-2000:]}")
-    (cpu1, t1), (cpu2, t2) = marks[1], marks[rounds - 1]
+    (cpu1, t1, roles1), (cpu2, t2, roles2) = marks[1], marks[rounds - 1]
     measured = rounds - 2
     return {"format": memory_format, "cpu_s_per_round": (cpu2 - cpu1) / measured,
-            "wall_s_per_round": (t2 - t1) / measured, "rounds_measured": measured}
+            "wall_s_per_round": (t2 - t1) / measured, "rounds_measured": measured,
+            **{f"{r} cpu_s_per_round": (roles2[r] - roles1[r]) / measured for r in ROLES}}
 
 
 def plain_loop_cpu(config: Path, rounds: int, memory_format: str) -> float:
@@ -121,7 +147,13 @@ def summarise(rows: list[dict], args: argparse.Namespace) -> str:
     lines += [f"| {f} | {med[f]['cpu_s_per_round']:.2f} | {med[f]['wall_s_per_round']:.2f} | "
               f"{med[f]['floor_cpu_s_per_round']:.2f} | {over_floor[f]:.2f}x |" for f in FORMATS]
     lines += ["", f"channels_last / contiguous, CPU-s, paired per repeat: {', '.join(f'{r:.2f}' for r in ratios)} "
-              f"(median {statistics.median(ratios):.2f})"]
+              f"(median {statistics.median(ratios):.2f})", "",
+              "Where a training round's CPU-s go (medians, per round):", "",
+              "| local.memory_format | " + " | ".join(ROLES) + " |", "|---|" + "---|" * len(ROLES)]
+    for f in FORMATS:
+        mine = [r for r in rows if r["format"] == f]
+        shares = [statistics.median(r[f"{part} cpu_s_per_round"] for r in mine) for part in ROLES]
+        lines.append(f"| {f} | " + " | ".join(f"{v:.2f}" for v in shares) + " |")
     return "\n".join(lines) + "\n"
 
 
