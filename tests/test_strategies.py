@@ -73,3 +73,16 @@ def test_every_strategy_is_listed_in_order():
 
     assert list(available())[:7] == [
         "fedavg", "lotteryfl", "fedltn", "flash-spdst", "flash-jmwst", "hetero-flash", "cell"]
+
+
+def test_a_clients_test_split_is_built_only_when_read_and_then_once():
+    """A training round never reads the test split (Table-2 MNIST: ~2,000 images against 32 to train on), so
+    ClientData builds it from its function on first read, once."""
+    from strategies.base import ClientData
+
+    built = []
+    split = (torch.zeros(3, 1, 2, 2), torch.zeros(3, dtype=torch.long))
+    data = ClientData(7, split, split, lambda: built.append(1) or split)
+    assert built == [] and data.train is split
+    assert data.test is split and data.test is split and built == [1]
+    assert ClientData(7, split, split, split).test is split  # a split given as it is stays as it is

@@ -80,7 +80,7 @@ def client_data(config_json: str, partition_id: int, device: torch.device) -> Cl
         partition_id,
         pick(dataset.x_train, dataset.y_train, split.train),
         pick(dataset.x_train, dataset.y_train, split.val),
-        pick(dataset.x_test, dataset.y_test, split.test),
+        lambda: pick(dataset.x_test, dataset.y_test, split.test),  # built when first read: training never does
     )
 
 
