@@ -129,6 +129,16 @@ def summarise(rows: list[dict], trees: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_results(out: Path, rows: list[dict], table: str) -> None:
+    """A benchmark's rows to OUT.csv, its summary table to OUT.md, and the table to the terminal."""
+    with out.with_suffix(".csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out.with_suffix(".md").write_text(table)
+    print(table)
+
+
 def _label(python: str, tree: str) -> str:
     """A variant's name in the table: its code tree, and its interpreter where it is not this one."""
     return tree if python == sys.executable else f"{tree} with {python}"
@@ -156,14 +166,7 @@ def main() -> None:
                    **time_run(python, Path(tree), Path(args.config).resolve(), env)}
             rows.append(row)
             print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-    out = Path(args.out)
-    with out.with_suffix(".csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    table = summarise(rows, labels)
-    out.with_suffix(".md").write_text(table)
-    print(table)
+    write_results(Path(args.out), rows, summarise(rows, labels))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ benchmarks/results/training_round_layout.md (and .csv).
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from startup import POLL_S, TreeMeter  # noqa: E402
+from startup import POLL_S, TreeMeter, write_results  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "training_round_layout"
 FORMATS = ("contiguous", "channels_last")
@@ -174,14 +173,7 @@ def main() -> None:
                    "floor_cpu_s_per_round": plain_loop_cpu(Path(args.config), args.rounds, memory_format)}
             rows.append(row)
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-    out = Path(args.out)
-    with out.with_suffix(".csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    table = summarise(rows, args)
-    out.with_suffix(".md").write_text(table)
-    print(table)
+    write_results(Path(args.out), rows, summarise(rows, args))
 
 
 if __name__ == "__main__":
