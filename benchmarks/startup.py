@@ -5,12 +5,13 @@ flwr"` measured in the same run.
 Usage (from the repository root, `.venv` active):
 
     python benchmarks/startup.py --repeats 3 [--tree OLD_CHECKOUT] [--python OTHER_ENV/bin/python]
-                                 [--config configs/default.yaml]
+                                 [--config configs/default.yaml] [--also-config VARIANT.yaml]
 
 Each repeat times the import, then one `fedlottery run` per variant, alternating, so a shared machine's load falls
 on all of them alike: this checkout with this interpreter, each --tree given (e.g. a `git worktree` at an older
 commit) with this interpreter, and this checkout with each --python given (another environment, e.g. one without
-an optional extra, to see what installing it costs a run).
+an optional extra, to see what installing it costs a run), and this checkout with each --also-config given (the
+same job with one setting changed, e.g. fewer client actors).
 The first round is the moment rounds.csv gains its first row. Results: benchmarks/results/startup.csv (one row
 per run) and startup.md (medians, the ratio to the import and the targets of docs/performance.md).
 """
@@ -139,9 +140,11 @@ def write_results(out: Path, rows: list[dict], table: str) -> None:
     print(table)
 
 
-def _label(python: str, tree: str) -> str:
-    """A variant's name in the table: its code tree, and its interpreter where it is not this one."""
-    return tree if python == sys.executable else f"{tree} with {python}"
+def _label(python: str, tree: str, config: Path, default_config: Path) -> str:
+    """A variant's name in the table: its code tree, and its interpreter and config where they are not this
+    run's."""
+    label = tree if python == sys.executable else f"{tree} with {python}"
+    return label if config == default_config else f"{label} with {config.name}"
 
 
 def main() -> None:
@@ -151,19 +154,23 @@ def main() -> None:
     parser.add_argument("--tree", action="append", default=[], help="another checkout to time beside this one")
     parser.add_argument("--python", action="append", default=[],
                         help="another environment's interpreter to run this checkout with, beside this one")
+    parser.add_argument("--also-config", action="append", default=[],
+                        help="another config to run this checkout with, beside --config")
     parser.add_argument("--out", default=str(RESULTS / "startup"), help="OUT.csv and OUT.md are written")
     args = parser.parse_args()
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
     env.setdefault("FEDLOTTERY_DATA", str(ROOT.parent / "shared" / "data"))
-    variants = [(sys.executable, str(ROOT))] + [(sys.executable, str(Path(t).resolve())) for t in args.tree]
-    variants += [(python, str(ROOT)) for python in args.python]
-    labels = [_label(python, tree) for python, tree in variants]
+    config = Path(args.config).resolve()
+    variants = [(sys.executable, str(ROOT), config)]
+    variants += [(sys.executable, str(Path(t).resolve()), config) for t in args.tree]
+    variants += [(python, str(ROOT), config) for python in args.python]
+    variants += [(sys.executable, str(ROOT), Path(c).resolve()) for c in args.also_config]
+    labels = [_label(python, tree, cfg, config) for python, tree, cfg in variants]
     rows = []
     for repeat in range(args.repeats):
         import_s = time_import(sys.executable)
-        for (python, tree), label in zip(variants, labels):
-            row = {"repeat": repeat, "tree": label, "import_s": import_s,
-                   **time_run(python, Path(tree), Path(args.config).resolve(), env)}
+        for (python, tree, cfg), label in zip(variants, labels):
+            row = {"repeat": repeat, "tree": label, "import_s": import_s, **time_run(python, Path(tree), cfg, env)}
             rows.append(row)
             print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     write_results(Path(args.out), rows, summarise(rows, labels))
