@@ -39,6 +39,20 @@ def test_a_contender_wins_only_when_its_error_bar_clears_the_strongest_reference
     assert not verdict(table, REFS)["wins"]
 
 
+def test_a_record_with_fewer_than_three_seeds_decides_no_win():
+    """A zero spread over one seed would let any lead 'win': a record still being made stays undecided."""
+    from fedlottery.runs.leaderboard import verdict_line
+
+    table = [_row("fedavg", "dense", (80.0, 0.0)), _row("fedbn", "dense", (79.0, 0.0)),
+             _row("ticket", "lottery ticket", (88.0, 0.0), ratio=0.3)]
+    table[2].seeds = [0]
+    v = verdict(table, REFS)
+    assert v["margin"] == pytest.approx(8.0) and not v["decided"] and not v["wins"]
+    assert "not decided before 3 seeds (1 so far)" in verdict_line(v) and "**wins**" not in verdict_line(v)
+    table[2].seeds = [0, 1, 2]
+    assert verdict(table, REFS)["wins"]
+
+
 def test_the_better_treatment_counts_and_uplink_and_family_gate_the_contenders():
     table = [_row("fedavg", "dense", (80.0, 1.0)), _row("fedbn", "dense", (79.0, 1.0)),
              _row("tuned", "sparse training", (70.0, 1.0), (90.0, 1.0), ratio=0.2),
@@ -134,3 +148,4 @@ def test_a_claim_is_a_paired_difference_judged_against_its_spread():
     tuned = paired_delta(runs, "mine", "as sent", "fedavg", "fine-tuned")  # -2, -1, 0
     assert claim_verdict(tuned, 0) == "within the spread" and claim_verdict(tuned, 0, no_worse=True) == "holds"
     assert claim_verdict(paired_delta(runs, "ditto", "as sent", "fedavg", "as sent"), 0) == "not recorded"
+    assert claim_verdict((5.0, 0.0, 2), 0) == "not decided (2 of 3 seeds)"  # no spread to judge by yet

@@ -25,6 +25,7 @@ from fedlottery.runs.seeds import seed_dir, summaries
 BASELINE = "fedavg"
 CONTENDERS = ("lottery ticket", "sparse training", "supermask", "compressed uplink", "other")  # may "win"
 MAX_UPLINK = 1 / 3  # of FedAvg's measured uplink
+MIN_SEEDS = 3  # a spread over fewer seeds decides nothing: no win, no claim verdict before three
 GENERATED = "<!-- generated from the records by `{command}`: do not edit by hand -->"
 
 
@@ -92,7 +93,8 @@ def _row(name: str, fam: str, per_seed: dict[int, dict], hurt: dict[int, dict], 
 def verdict(table: list[Row], references: list[str]) -> dict:
     """Whether a contender (a sparse or compressed method at <= 1/3 of FedAvg's uplink) beats every reference
     by more than the spread: its better treatment's mean - std above each reference's mean + std. Returns the
-    closest contender (largest margin, in points), the reference it is measured against, and `wins`."""
+    closest contender (largest margin, in points), the reference it is measured against, `wins`, and `decided`
+    (both have MIN_SEEDS seeds: on fewer the spread means little, so a record still being made never wins)."""
     refs = [r for r in table if r.name in references]
     if not refs:
         return {"wins": False, "contender": None, "reference": None, "margin": None, "missing": references}
@@ -104,7 +106,9 @@ def verdict(table: list[Row], references: list[str]) -> dict:
                 "missing": [n for n in references if n not in {r.name for r in refs}]}
     closest = max(contenders, key=lambda r: r.best[0] - r.best[1])
     margin = closest.best[0] - closest.best[1] - ceiling
-    return {"wins": margin > 0, "contender": closest, "reference": strongest, "margin": margin,
+    decided = min(len(closest.seeds), len(strongest.seeds)) >= MIN_SEEDS
+    return {"wins": margin > 0 and decided, "decided": decided, "contender": closest, "reference": strongest,
+            "margin": margin,
             "missing": [n for n in references if n not in {r.name for r in refs}]}
 
 
@@ -130,10 +134,12 @@ def claim_verdict(delta: tuple[float, float, int] | None, above: float, no_worse
     """A claim that one method beats another by more than `above` points: "holds" when the paired difference's
     mean - std clears it, "does not hold" when its mean + std stays under it, "within the spread" between. A
     `no_worse` claim ("no accuracy lost") holds unless mean + std stays under `above`. "not recorded" without
-    the two methods on one seed."""
+    the two methods on one seed; "not decided" on fewer than MIN_SEEDS seeds."""
     if delta is None:
         return "not recorded"
-    mean, std, _ = delta
+    mean, std, seeds = delta
+    if seeds < MIN_SEEDS:
+        return f"not decided ({seeds} of {MIN_SEEDS} seeds)"
     if mean + std < above:
         return "does not hold"
     if no_worse or mean - std > above:
@@ -180,6 +186,8 @@ def verdict_line(v: dict) -> str:
         return ("no sparse or compressed method at ≤ 1/3 of FedAvg's uplink in this record (strongest reference: "
                 f"{ref.name})")
     word = "**wins**" if v["wins"] else "does not win"
+    if not v.get("decided", True):
+        word = f"not decided before {MIN_SEEDS} seeds ({min(len(c.seeds), len(ref.seeds))} so far)"
     return (f"closest: **{c.name}** ({c.best[2]}) {_pm(c.best[:2])} % at {c.ratio:.3f}x the uplink, against "
             f"{ref.name} ({ref.best[2]}) {_pm(ref.best[:2])} %: margin {v['margin']:+.2f} points between the "
             f"error bars: {word}" + (f"; references not recorded here: {', '.join(v['missing'])}" if v["missing"] else ""))
