@@ -106,9 +106,9 @@ def verdict(table: list[Row], references: list[str]) -> dict:
                 "missing": [n for n in references if n not in {r.name for r in refs}]}
     closest = max(contenders, key=lambda r: r.best[0] - r.best[1])
     margin = closest.best[0] - closest.best[1] - ceiling
-    decided = min(len(closest.seeds), len(strongest.seeds)) >= MIN_SEEDS
-    return {"wins": margin > 0 and decided, "decided": decided, "contender": closest, "reference": strongest,
-            "margin": margin,
+    seeds = min(len(closest.seeds), len(strongest.seeds))
+    return {"wins": margin > 0 and seeds >= MIN_SEEDS, "decided": seeds >= MIN_SEEDS, "seeds": seeds,
+            "contender": closest, "reference": strongest, "margin": margin,
             "missing": [n for n in references if n not in {r.name for r in refs}]}
 
 
@@ -186,8 +186,8 @@ def verdict_line(v: dict) -> str:
         return ("no sparse or compressed method at ≤ 1/3 of FedAvg's uplink in this record (strongest reference: "
                 f"{ref.name})")
     word = "**wins**" if v["wins"] else "does not win"
-    if not v.get("decided", True):
-        word = f"not decided before {MIN_SEEDS} seeds ({min(len(c.seeds), len(ref.seeds))} so far)"
+    if not v["decided"]:
+        word = f"not decided before {MIN_SEEDS} seeds ({v['seeds']} so far)"
     return (f"closest: **{c.name}** ({c.best[2]}) {_pm(c.best[:2])} % at {c.ratio:.3f}x the uplink, against "
             f"{ref.name} ({ref.best[2]}) {_pm(ref.best[:2])} %: margin {v['margin']:+.2f} points between the "
             f"error bars: {word}" + (f"; references not recorded here: {', '.join(v['missing'])}" if v["missing"] else ""))
