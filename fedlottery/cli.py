@@ -294,7 +294,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from fedlottery.runs.report import plots_line, report
-    from fedlottery.runs.seeds import is_seeds_dir, seed_plots, seed_table
+    from fedlottery.runs.seeds import is_seeds_dir, schedule_note, seed_plots, seed_table
 
     if args.leaderboard:
         from fedlottery.runs.leaderboard import build
@@ -306,7 +306,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     dirs = [Path(d) for d in args.dirs]
     plots = Path(args.plots) if args.plots else None
     if len(dirs) == 1 and is_seeds_dir(dirs[0]):  # `--seeds` output, e.g. seeds run by separate processes
-        print(seed_table(dirs[0], args.baseline))
+        note = schedule_note(dirs[0])
+        print(seed_table(dirs[0], args.baseline) + (f"\n\n{note}" if note else ""))
         print("\n" + plots_line(seed_plots(dirs[0], plots) if plots else None))
         return 0
     print(report(dirs, plots))

@@ -8,7 +8,7 @@ from fedlottery.config import FederatedConfig, from_dict
 from fedlottery.models import build_model, clone_state, prunable_names
 from fedlottery.runs.report import report
 from fedlottery.runs.results import read_csv
-from fedlottery.runtime.round_loop import ROUND_COLUMNS
+from fedlottery.runs.results import ROUND_COLUMNS
 from fedlottery.runtime.simulation import run_federated
 
 from federation_helpers import small_config

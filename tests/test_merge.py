@@ -20,13 +20,14 @@ def _config(**changes) -> dict:
     return to_dict(from_dict(FederatedConfig, data))
 
 
-def _run(where, finished, unfinished=(), config=None, acc=0.5):
+def _run(where, finished, unfinished=(), config=None, acc=0.5, columns=ROUND_COLUMNS):
     """A run directory as a run leaves it: rows of every strategy it started, summary of those it finished."""
     where.mkdir(parents=True)
-    rounds, clients = CsvLog(where / "rounds.csv", ROUND_COLUMNS), CsvLog(where / "clients.csv", CLIENT_COLUMNS)
+    rounds, clients = CsvLog(where / "rounds.csv", columns), CsvLog(where / "clients.csv", CLIENT_COLUMNS)
     for name in [*finished, *unfinished]:
         for rnd in (1, 2):
-            rounds.append({"round": rnd, "strategy": name, "seed": 0, "personalized_acc_mean": acc})
+            rounds.append({"round": rnd, "strategy": name, "seed": 0, "personalized_acc_mean": acc,
+                           "sampled": f"{rnd} 3"})
         clients.append({"strategy": name, "seed": 0, "partition_id": 0, "final_acc": acc})
     config = copy.deepcopy(config or _config())
     config["strategies"] = [*finished, *unfinished]
@@ -151,3 +152,30 @@ def test_the_first_seed_starts_a_new_record_and_a_foreign_directory_is_refused(t
     (tmp_path / "elsewhere" / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="not empty"):
         merge(tmp_path / "out0", tmp_path / "elsewhere")
+
+
+def test_the_hang_guard_does_not_split_an_experiment(tmp_path):
+    _run(tmp_path / "record", ["fedavg"], config=_config(simulation={"round_timeout": 600}))
+    _run(tmp_path / "new", ["fedbn"], config=_config(simulation={"round_timeout": 1800}))
+    assert "added fedbn" in merge(tmp_path / "new", tmp_path / "record")[0]
+
+
+@pytest.mark.parametrize("older", ["record", "new"])
+def test_a_record_older_than_a_column_takes_the_newer_header_its_cells_empty(tmp_path, older):
+    newer_columns = ["round", "strategy", "seed", "sampled", "personalized_acc_mean"]
+    columns = {side: ROUND_COLUMNS if side == older else newer_columns for side in ("record", "new")}
+    _run(tmp_path / "record", ["fedavg"], columns=columns["record"])
+    _run(tmp_path / "new", ["ditto"], columns=columns["new"])
+    merge(tmp_path / "new", tmp_path / "record")
+    with (tmp_path / "record" / "rounds.csv").open() as f:
+        assert f.readline().strip() == ",".join(newer_columns)
+    sampled = {(r["strategy"], r["round"]): r["sampled"] for r in read_csv(tmp_path / "record" / "rounds.csv")}
+    old, new = ("fedavg", "ditto") if older == "record" else ("ditto", "fedavg")
+    assert sampled == {(old, 1): None, (old, 2): None, (new, 1): "1 3", (new, 2): "2 3"}
+
+
+def test_columns_other_than_later_additions_still_refuse(tmp_path):
+    _run(tmp_path / "record", ["fedavg"])
+    _run(tmp_path / "new", ["fedbn"], columns=["round", "strategy", "seed", "global_acc", "personalized_acc_mean"])
+    with pytest.raises(ConfigError, match="different columns"):
+        merge(tmp_path / "new", tmp_path / "record")

@@ -149,7 +149,7 @@ def test_rounds_csv_records_the_paired_schedule_for_every_strategy(tmp_path, flo
 
 def test_a_resumed_older_rounds_csv_keeps_its_own_header(tmp_path):
     from fedlottery.runs.results import CsvLog
-    from fedlottery.runtime.round_loop import LATER_ROUND_COLUMNS, ROUND_COLUMNS
+    from fedlottery.runs.results import LATER_ROUND_COLUMNS, ROUND_COLUMNS
 
     older = [c for c in ROUND_COLUMNS if c not in LATER_ROUND_COLUMNS]
     CsvLog(tmp_path / "rounds.csv", older).append({"round": 1, "strategy": "fedavg"})

@@ -82,3 +82,26 @@ def test_report_on_a_seeds_directory_gives_the_table_and_plots_over_seeds(tmp_pa
     (tmp_path / "seed0" / "summary.json").unlink()
     (tmp_path / "seed1" / "summary.json").unlink()
     assert main(["report", str(tmp_path)]) == 2  # neither a run nor a seeds directory: an error, not a table
+
+
+def _rounds(where: Path, cells: dict[str, str]) -> None:
+    where.mkdir(exist_ok=True)
+    (where / "summary.json").write_text(json.dumps(_summary({n: 0.5 for n in cells}, {n: 1 for n in cells})))
+    rows = "".join(f"{r},{n},{cell}\n" for n, cell in cells.items() for r in (1, 2))
+    (where / "rounds.csv").write_text("round,strategy,sampled\n" + rows)
+
+
+def test_a_record_joined_across_the_paired_schedule_names_the_strategies_without_one(tmp_path):
+    from fedlottery.runs.seeds import schedule_note
+    for seed in (0, 1):
+        _rounds(tmp_path / f"seed{seed}", {"fedavg": "", "fedbn": "", "ditto": "3 7"})
+    note = schedule_note(tmp_path)
+    assert note.startswith("Client schedule not recorded for fedavg, fedbn (")
+    _rounds(tmp_path / "seed1", {"fedavg": "1 2", "fedbn": "4", "ditto": "3 7"})
+    assert schedule_note(tmp_path).startswith("Client schedule not recorded for fedavg, fedbn (")  # seed 0's rows
+    for seed in (0, 1):
+        _rounds(tmp_path / f"seed{seed}", {"fedavg": "", "ditto": ""})
+    assert schedule_note(tmp_path) == ""  # none recorded: nothing is mixed
+    for seed in (0, 1):
+        _rounds(tmp_path / f"seed{seed}", {"fedavg": "1", "ditto": "2 3"})
+    assert schedule_note(tmp_path) == ""

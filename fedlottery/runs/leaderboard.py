@@ -20,7 +20,7 @@ import yaml
 from fedlottery.runs.families import family, palette
 from fedlottery.runs.frontier import MB, plot_frontier
 from fedlottery.runs.report import LOCAL, run_hurt, setting
-from fedlottery.runs.seeds import seed_dir, summaries
+from fedlottery.runs.seeds import schedule_note, seed_dir, summaries
 
 BASELINE = "fedavg"
 CONTENDERS = ("lottery ticket", "sparse training", "supermask", "compressed uplink", "other")  # may "win"
@@ -225,7 +225,7 @@ def build(spec_path: Path, page: Path | None = None, figures: Path | None = None
         names = [r.name for r in table]
         plot_frontier(runs, names, palette(names, config), f"{entry['title']}\n{setting(config)}", figures / png)
         summary.append(f"| [{entry['title']}](#{anchor(entry['title'])}) | {verdict_line(v)} |")
-        parts.append(_section(entry, table, v, config, f"{link}/{png}"))
+        parts.append(_section(entry, table, v, config, f"{link}/{png}", schedule_note(record)))
     claims = ["## What survives: the papers' claims on the same metric", spec["claims_intro"].strip(),
               claims_markdown(spec["claims"], records)] if spec.get("claims") else []
     budget = ["## Recording budget", spec["budget"].strip()] if spec.get("budget") else []
@@ -236,11 +236,11 @@ def build(spec_path: Path, page: Path | None = None, figures: Path | None = None
     return page
 
 
-def _section(entry: dict, table: list[Row], v: dict, config: dict, image: str) -> str:
+def _section(entry: dict, table: list[Row], v: dict, config: dict, image: str, note: str = "") -> str:
     lines = [f"## {entry['title']}", f"**Setting.** {setting(config)}. **Record** `{entry['record'].removeprefix('../')}`, made by "
              f"`{entry['made_by'].strip()}`."]
     if entry.get("notes"):
         lines.append(entry["notes"].strip())
-    lines += [table_markdown(table), f"**A ticket that wins?** {verdict_line(v)}.",
+    lines += [table_markdown(table), *([note] if note else []), f"**A ticket that wins?** {verdict_line(v)}.",
               f"![{entry['title']}: accuracy against uplink]({image})"]
     return "\n\n".join(lines)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fedlottery.config import FederatedConfig, from_dict, to_dict
 from fedlottery.errors import ConfigError
-from fedlottery.runs.results import read_json, write_json
+from fedlottery.runs.results import LATER_ROUND_COLUMNS, read_json, write_json
 from fedlottery.runs.seeds import SEED_DIR
 
 ROW_FILES = ("rounds.csv", "clients.csv")
@@ -122,19 +122,21 @@ def _check_same_experiment(theirs: dict, ours: dict, source: Path, into: Path) -
 
 def _as_read_now(config: dict) -> dict:
     """The config as this version reads it, less what does not change a final figure: evaluation.finetune_rounds
-    only leaves out the fine-tuned column before the last round (tests/test_evaluation_modes.py)."""
+    only leaves out the fine-tuned column before the last round (tests/test_evaluation_modes.py), and
+    simulation.round_timeout is a hang guard (a resume takes the new value too); a run it cut short says so in
+    its table (‡) and failures.log."""
     config = to_dict(from_dict(FederatedConfig, config, "config"))
     config["evaluation"].pop("finetune_rounds", None)
+    config["simulation"].pop("round_timeout", None)
     return config
 
 
 def _merge_rows(source: Path, into: Path, kept: list[str], added: list[str]) -> None:
     """`into`'s rows of the kept strategies, then `source`'s rows of the added ones; headers must match."""
-    header, ours = _read(into)
+    our_header, ours = _read(into)
     their_header, theirs = _read(source)
-    if their_header != header:
-        raise ConfigError(f"{source.name}: {source} and {into} have different columns (made by different "
-                          "fedlottery versions?); re-run one of them")
+    header = _joint_header(our_header, their_header, source, into)
+    ours, theirs = _widen(our_header, ours, header), _widen(their_header, theirs, header)
     column = header.index("strategy")
     rows = [r for r in ours if r[column] in kept] + [r for r in theirs if r[column] in added]
     buffer = io.StringIO()
@@ -145,6 +147,28 @@ def _merge_rows(source: Path, into: Path, kept: list[str], added: list[str]) -> 
     with tmp.open("w", newline="") as f:  # the csv module's own line ends, as CsvLog writes them
         f.write(buffer.getvalue())
     tmp.replace(into)
+
+
+def _joint_header(ours: list[str], theirs: list[str], source: Path, into: Path) -> list[str]:
+    """The header both files' rows fit under: equal headers, or one lacking only columns added since it was
+    written (LATER_ROUND_COLUMNS: an older record joined by a newer run), when the fuller one is taken."""
+    if ours == theirs:
+        return ours
+    wider, narrower = (ours, theirs) if len(ours) > len(theirs) else (theirs, ours)
+    if [c for c in wider if c not in narrower] and \
+            all(c in LATER_ROUND_COLUMNS for c in wider if c not in narrower) and \
+            [c for c in wider if c in narrower] == narrower:
+        return wider
+    raise ConfigError(f"{source.name}: {source} and {into} have different columns (made by different "
+                      "fedlottery versions?); re-run one of them")
+
+
+def _widen(header: list[str], rows: list[list[str]], to: list[str]) -> list[list[str]]:
+    """Rows under `to`, a header holding all of `header`'s columns: a column the rows lack is left empty."""
+    if header == to:
+        return rows
+    where = {name: i for i, name in enumerate(header)}
+    return [[row[where[name]] if name in where else "" for name in to] for row in rows]
 
 
 def _read(path: Path) -> tuple[list[str], list[list[str]]]:

@@ -15,6 +15,19 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 
+ROUND_COLUMNS = [
+    "round", "strategy", "seed", "clients", "sampled", "personalized_acc_mean", "evaluated_clients", "paper_metric",
+    "global_acc", "deployed_acc_mean", "finetuned_acc_mean", "density_mean",
+    "bytes_up", "bytes_down", "bytes_down_broadcast", "values_bytes_up", "values_bytes_down", "eval_bytes",
+    "pruned_clients", "failed_train_clients", "failed_eval_clients", "wall_s", "eval_wall_s",
+]
+# `sampled`: the partition ids asked to train that round, space-separated (fedlottery.runs.results.sampled_ids).
+# Columns added since rounds.csv was first written: a run resumed from an older checkpoint keeps its file's header
+# (CsvLog) and goes on without them, rather than mixing two schemas in one file; `fedlottery merge` joins an older
+# record and a newer run under the newer header, the older rows' cells empty (read back as None: not recorded).
+LATER_ROUND_COLUMNS = ("sampled",)
+
+
 class CsvLog:
     """Append-only CSV with a fixed header; refuses to mix schemas in one file.
 

@@ -130,8 +130,26 @@ def write_seed_record(out: Path, baseline: str | None = None) -> tuple[str, list
     """A --seeds directory's own products: table.md (the seeds it holds, then `seed_table`) and `seed_plots`;
     returns the table and the plots' paths."""
     table = seed_table(out, baseline)
-    (Path(out) / "table.md").write_text(f"seeds {sorted(summaries(out))}\n\n{table}\n")
+    note = schedule_note(out)
+    (Path(out) / "table.md").write_text(f"seeds {sorted(summaries(out))}\n\n{table}\n" + (f"\n{note}\n" if note else ""))
     return table, seed_plots(out)
+
+
+def schedule_note(out: Path) -> str:
+    """Which strategies' rows carry no client schedule in some seed (rounds.csv's `sampled`, written since the
+    paired schedule of c6eefb4), when others do: a record joined across that change pairs only seeds for them.
+    Empty when every row has one or none does."""
+    recorded: dict[tuple[int, str], bool] = {}  # (seed, strategy) -> any of its rows has a schedule
+    for seed in summaries(out):
+        for row in read_csv(seed_dir(out, seed) / "rounds.csv"):
+            key = (seed, row["strategy"])
+            recorded[key] = recorded.get(key, False) or row.get("sampled") is not None
+    old = list(dict.fromkeys(name for (_, name), has in recorded.items() if not has))
+    if not old or not any(recorded.values()):
+        return ""
+    return (f"Client schedule not recorded for {', '.join(old)} (run before the paired schedule, commit c6eefb4): "
+            "their paired differences pair each seed's partitions and θ0, not the clients trained each round; the "
+            "other strategies trained the same clients in the same rounds.")
 
 
 def seed_plots(out: Path, into: Path | None = None) -> list[Path]:

@@ -34,16 +34,6 @@ from strategies.base import FederatedStrategy
 from strategies.replies import one_line
 
 
-ROUND_COLUMNS = [
-    "round", "strategy", "seed", "clients", "sampled", "personalized_acc_mean", "evaluated_clients", "paper_metric",
-    "global_acc", "deployed_acc_mean", "finetuned_acc_mean", "density_mean",
-    "bytes_up", "bytes_down", "bytes_down_broadcast", "values_bytes_up", "values_bytes_down", "eval_bytes",
-    "pruned_clients", "failed_train_clients", "failed_eval_clients", "wall_s", "eval_wall_s",
-]
-# `sampled`: the partition ids asked to train that round, space-separated (fedlottery.runs.results.sampled_ids).
-# Columns added since rounds.csv was first written: a run resumed from an older checkpoint keeps its file's header
-# (fedlottery.runs.results.CsvLog) and goes on without them, rather than mixing two schemas in one file.
-LATER_ROUND_COLUMNS = ("sampled",)
 _RAY_EXCEPTION = re.compile(r"ray\.exceptions\.(\w+)")  # in the reason of a reply whose worker Ray lost
 _CLASS_PREFIX = re.compile(r"^<?class '[\w.]+'>:<'?")  # Flower's "<class 'X'>:<'message'>" wrapping
 EVAL_CHUNK = 500  # clients per evaluation batch: bounds the driver's memory whatever the population

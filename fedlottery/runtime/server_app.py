@@ -22,14 +22,14 @@ from flwr.serverapp import Grid, ServerApp
 from fedlottery.runs.checkpoint import CHECKPOINT_FILE, file_sizes, load_checkpoint, save_checkpoint, truncate_to
 from fedlottery.config import ConfigError, FederatedConfig, to_dict
 from fedlottery.runtime.experiment import experiment_from_dict, load_experiment, resolve_config_path
-from fedlottery.runtime.round_loop import (LATER_ROUND_COLUMNS, ROUND_COLUMNS, Experiment, StrategyRun, run_strategy,
-                                           strategy_summary)
+from fedlottery.runtime.round_loop import Experiment, StrategyRun, run_strategy, strategy_summary
 from fedlottery.data import describe, load_dataset, make_partitions
 from fedlottery.errors import CheckpointError, ResultsWriteError
 from fedlottery.plain_state import to_plain
 from fedlottery.models import batchnorm_names, build_model, clone_state, head_names, prunable_names
 from fedlottery.runs.tracking import Tracker
-from fedlottery.runs.results import CsvLog, Progress, partition_table, stderr_log, write_json
+from fedlottery.runs.results import (LATER_ROUND_COLUMNS, ROUND_COLUMNS, CsvLog, Progress, partition_table, stderr_log,
+                                     write_json)
 from strategies import get_strategy, strategy_specs
 from strategies.base import FederatedStrategy, ServerSetup
 from strategies.replies import one_line
