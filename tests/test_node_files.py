@@ -4,6 +4,7 @@ setup query naming another location is refused instead of obeyed."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
@@ -71,7 +72,10 @@ def test_start_ray_gives_the_actors_the_run_directory(monkeypatch):
 
     calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append((kwargs, os.environ.get(STATE_DIR_ENV))))
+    for name in ("RAY_ADDRESS", STATE_DIR_ENV, ray_runtime.PRELOAD_ENV, "PYTHONPATH"):
+        monkeypatch.delenv(name, raising=False)  # and restored after the test
     ray_runtime.start_ray(CFG, state_dir="/runs/x/client_state")
-    assert calls[0]["runtime_env"]["env_vars"][STATE_DIR_ENV] == "/runs/x/client_state"
+    kwargs, inherited = calls[0]
+    # in the environment the raylet and its workers inherit; no runtime_env, so Ray's prestarted workers serve
+    assert inherited == "/runs/x/client_state" and "runtime_env" not in kwargs

@@ -101,3 +101,36 @@ def test_ray_started_in_the_background_outlives_the_start(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "42"
     assert "SIGTERM handler is not set" not in out.stderr
+
+
+@pytest.mark.slow
+def test_a_private_rays_workers_start_with_the_client_actors_modules_imported():
+    """Client actors start warm: the workers of a private Ray import torch, Flower's actor module and the
+    ClientApp as they start (Ray's preload), so an actor's first client does not wait for them."""
+    import ast
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, ray\n"
+        "from fedlottery.config import FederatedConfig, from_dict\n"
+        "from fedlottery.runtime.ray_runtime import ACTOR_MODULES, start_ray\n"
+        "start_ray(from_dict(FederatedConfig, {'simulation': {'num_cpus': 1, 'actors': 1}}))\n"
+        "def imported(names):\n"
+        "    import sys\n"
+        "    found = [n for n in names if n in sys.modules]\n"
+        "    import torch\n"
+        "    from fedlottery.runtime.client_cache import threads_as_ray_assigned\n"
+        "    before = torch.get_num_threads()\n"
+        "    threads_as_ray_assigned()\n"
+        "    return found, before, torch.get_num_threads()\n"
+        "print(ray.get(ray.remote(num_cpus=1)(imported).remote(ACTOR_MODULES)))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", ray_runtime.PRELOAD_ENV)}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    # torch, loaded before Ray assigned the worker, took a thread per core; the client then applies the one
+    # thread Ray gives a 1-CPU actor
+    found, before, after = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    assert found == list(ray_runtime.ACTOR_MODULES)
+    assert (before, after) == (ray_runtime.machine_cpus(), 1)

@@ -23,7 +23,17 @@ from strategies.base import ClientData
 
 @functools.lru_cache(maxsize=4)
 def experiment(config_json: str) -> FederatedConfig:
+    threads_as_ray_assigned()  # first use in an actor: before any client trains
     return experiment_from_dict(json.loads(config_json))  # every check, strategies included
+
+
+def threads_as_ray_assigned() -> None:
+    """torch's thread count as Ray gave this actor (OMP_NUM_THREADS, set as the actor starts). A private Ray's
+    workers import torch before that (fedlottery.runtime.ray_runtime preloads it), when torch would take one
+    thread per core: with several actors on the cores, their threads would fight for them."""
+    wanted = os.environ.get("OMP_NUM_THREADS", "")
+    if wanted.isdigit() and int(wanted) > 0 and torch.get_num_threads() != int(wanted):
+        torch.set_num_threads(int(wanted))
 
 
 @functools.lru_cache(maxsize=4)

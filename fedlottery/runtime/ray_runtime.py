@@ -33,6 +33,8 @@ PROBE_TIMEOUT_S = 3.0
 # (the probe passed) but is not a Ray GCS, that is minutes. Two attempts bound it to about a minute.
 CONNECT_ATTEMPTS = 2
 _LOCAL = "local"
+PRELOAD_ENV = "RAY_preload_python_modules"  # Ray's own setting: modules every worker imports as it starts
+ACTOR_MODULES = ("torch", "flwr.simulation.ray_transport.ray_actor", "fedlottery.runtime.client_app")
 _NOSET_CUDA_ENV = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"  # Ray leaves CUDA_VISIBLE_DEVICES alone when set
 
 
@@ -228,9 +230,40 @@ def start_ray(cfg: FederatedConfig, state_dir: str | None = None) -> None:
         # Ray starts its workers at nice 15; the client actors ARE the work, and a busy driver or a neighbour
         # then starved them past their round deadline (measured: 4 honest clients of one MNIST round).
         os.environ.setdefault("RAY_worker_niceness", "0")
-        _init_local(ray, {"runtime_env": {"env_vars": {"PYTHONPATH": pythonpath, **env_vars}}, **args})
+        _warm_workers(cfg)
+        # Workers inherit the raylet's environment, so a private Ray needs no runtime_env, and with none Ray
+        # starts Flower's actors on the workers it prestarted (warm) instead of new ones of their own.
+        _set_worker_env(STATE_DIR_ENV, state_dir)
+        _init_local(ray, args)
     _STARTED.clear()
     _STARTED["state_dir"] = state_dir
+
+
+def _warm_workers(cfg: FederatedConfig) -> None:
+    """A client actor imports torch, Flower's actor and the ClientApp before it can take a client (~3 s). Ray
+    prestarts one worker per CPU when the driver connects; told to preload these modules (its own setting, read
+    from this process's environment by the raylet it starts), they import them while the driver is still
+    building θ0 and the partitions, and Flower's actors start on them warm. torch then loads before Ray sets
+    the actor's OMP_NUM_THREADS, so the actor applies it itself (client_cache.threads_as_ray_assigned). GPU
+    runs are left as they were (Ray sets CUDA_VISIBLE_DEVICES per actor)."""
+    if cfg.simulation.num_gpus > 0 or cfg.simulation.device.startswith("cuda"):
+        _set_worker_env(PRELOAD_ENV, None)
+    elif PRELOAD_ENV not in os.environ or PRELOAD_ENV in _WORKER_ENV:  # a user's own setting is kept
+        _set_worker_env(PRELOAD_ENV, ",".join(ACTOR_MODULES))
+
+
+_WORKER_ENV: set[str] = set()  # variables start_ray put in this process's environment for Ray's workers
+
+
+def _set_worker_env(name: str, value: str | None) -> None:
+    """Put `name` in the environment the raylet (and so every worker) inherits, or take out what an earlier
+    start in this process put there (a variable the user set is never taken out)."""
+    if value is not None:
+        os.environ[name] = value
+        _WORKER_ENV.add(name)
+    elif name in _WORKER_ENV:
+        os.environ.pop(name, None)
+        _WORKER_ENV.discard(name)
 
 
 class BackgroundStart:
