@@ -13,9 +13,10 @@ on all of them alike: this checkout with this interpreter, each --tree given (e.
 commit) with this interpreter, and this checkout with each --python given (another environment, e.g. one without
 an optional extra, to see what installing it costs a run), and this checkout with each --also-config given (the
 same job with one setting changed, e.g. fewer client actors).
-The first round is the moment rounds.csv gains its first row; at the peak of the summed RSS the benchmark also notes
-what each kind of process held (driver, client actors, Ray's own processes). Results: benchmarks/results/startup.csv (one row
-per run) and startup.md (medians, the ratio to the import and the targets of docs/performance.md).
+The first round is the moment rounds.csv gains its first row; at the peak of the summed RSS the benchmark also
+notes what each kind of process held (driver, client actors, Ray's own processes). Results:
+benchmarks/results/startup.csv (one row per run) and startup.md (medians, the ratio to the import and the targets
+of docs/performance.md).
 """
 from __future__ import annotations
 
@@ -128,7 +129,8 @@ def time_run(python: str, tree: Path, config: Path, env: dict[str, str], extra: 
         out = Path(tmp) / "run"
         run_env = {**env, "PYTHONPATH": str(tree)}
         start = time.perf_counter()
-        proc = subprocess.Popen([python, "-m", "fedlottery.cli", "run", str(config), "--out", str(out), "-q", *extra],
+        command = [python, "-m", "fedlottery.cli", "run", str(config), "--out", str(out), "-q", *extra]
+        proc = subprocess.Popen(command,
                                 cwd=tree, env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         meter, first = TreeMeter(proc.pid), None
         while proc.poll() is None:
@@ -139,7 +141,8 @@ def time_run(python: str, tree: Path, config: Path, env: dict[str, str], extra: 
         total = time.perf_counter() - start
         if proc.returncode != 0:
             raise RuntimeError(f"fedlottery run from {tree} failed: {proc.stderr.read()[-2000:]}")
-    at_peak = "; ".join(f"{kind} {rss / 2**20:.0f}" for kind, rss in sorted(meter.at_peak.items(), key=lambda kv: -kv[1]))
+    by_size = sorted(meter.at_peak.items(), key=lambda kv: -kv[1])
+    at_peak = "; ".join(f"{kind} {rss / 2**20:.0f}" for kind, rss in by_size)
     return {"first_round_s": first, "total_s": total, "cpu_s": meter.cpu_seconds(),
             "peak_rss_mib": meter.peak_rss / 2**20, "at_peak_mib": at_peak}
 

@@ -131,7 +131,8 @@ def write_seed_record(out: Path, baseline: str | None = None) -> tuple[str, list
     returns the table and the plots' paths."""
     table = seed_table(out, baseline)
     note = schedule_note(out)
-    (Path(out) / "table.md").write_text(f"seeds {sorted(summaries(out))}\n\n{table}\n" + (f"\n{note}\n" if note else ""))
+    text = f"seeds {sorted(summaries(out))}\n\n{table}\n" + (f"\n{note}\n" if note else "")
+    (Path(out) / "table.md").write_text(text)
     return table, seed_plots(out)
 
 
