@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from startup import _descendants, _proc_table  # noqa: E402
+from startup import _descendants, _proc_table, process_kind  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "actor_profile"
 SHOWN = 40  # functions listed
@@ -36,14 +36,8 @@ SHOWN = 40  # functions listed
 
 def client_actor(root: int) -> int | None:
     """The first client actor (Ray worker running Flower's ClientAppActor) below the driver, or None yet."""
-    for pid in sorted(_descendants(root, _proc_table())):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"ClientAppActor" in cmdline:
-            return pid
-    return None
+    return next((pid for pid in sorted(_descendants(root, _proc_table()))
+                 if process_kind(pid, root) == "client actors"), None)
 
 
 def wait_for(condition, timeout_s: float, what: str):

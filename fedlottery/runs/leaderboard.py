@@ -156,8 +156,7 @@ def claims_markdown(claims: list[dict], records: dict[str, dict[int, dict]]) -> 
         delta = paired_delta(records[c["setting"]], c["method"], c["metric"], c["against"], c["against_metric"])
         sign = "≥" if c.get("no_worse") else ">"
         tested = f"{c['method']} ({c['metric']}) − {c['against']} ({c['against_metric']}) {sign} {c['above']:g}"
-        seeds = "" if delta is None else f"{delta[2]} seed" + ("" if delta[2] == 1 else "s")
-        measured = "" if delta is None else f"{delta[0]:+.2f} ± {delta[1]:.2f} ({seeds})"
+        measured = "" if delta is None else f"{delta[0]:+.2f} ± {delta[1]:.2f} ({delta[2]} seed{'s' * (delta[2] != 1)})"
         lines.append("| " + " | ".join([c["paper"], c["claim"], c["setting"], tested, measured,
                                          claim_verdict(delta, c["above"], c.get("no_worse", False))]) + " |")
     return "\n".join(lines)

@@ -155,9 +155,8 @@ def _joint_header(ours: list[str], theirs: list[str], source: Path, into: Path) 
     if ours == theirs:
         return ours
     wider, narrower = (ours, theirs) if len(ours) > len(theirs) else (theirs, ours)
-    if [c for c in wider if c not in narrower] and \
-            all(c in LATER_ROUND_COLUMNS for c in wider if c not in narrower) and \
-            [c for c in wider if c in narrower] == narrower:
+    added = [c for c in wider if c not in narrower]
+    if added and set(added) <= set(LATER_ROUND_COLUMNS) and [c for c in wider if c in narrower] == narrower:
         return wider
     raise ConfigError(f"{source.name}: {source} and {into} have different columns (made by different "
                       "fedlottery versions?); re-run one of them")
