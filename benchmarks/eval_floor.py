@@ -104,7 +104,7 @@ def trained_models(ds, iterations: int):
         model = build_model(MODEL, SHAPE, 10)
         if iterations:
             cfg = TrainingConfig(optimizer="adam", lr=1e-3, batch_size=60, iterations=iterations)
-            train(model, (ds.x_train, ds.y_train), cfg, torch.Generator().manual_seed(seed))
+            train(model, (ds.inputs("train"), ds.y_train), cfg, torch.Generator().manual_seed(seed))
         models.append(model.eval())
     return models
 
@@ -183,12 +183,12 @@ def main() -> None:
         return
     t_start, load_start = time.perf_counter(), os.getloadavg()[0]
     ds = load_dataset("mnist", None)
-    data = (ds.x_test, ds.y_test)
+    data = (ds.inputs("test"), ds.y_test)
     n = len(ds.y_test)
     torch.set_num_threads(max(args.threads))
     model_a, model_b = trained_models(ds, args.train_iterations)
     same, max_diff, accs = accuracy_check([model_a, model_b], data, args.batches)
-    default_b = default_batch_size(model_a, ds.x_test)
+    default_b = default_batch_size(model_a, data[0])
     rows: list[dict] = []
     floor: dict[int, tuple[float, int, str]] = {}  # threads -> (images/s, batch, format)
 
@@ -205,7 +205,7 @@ def main() -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         # (a) the floor
-        cases = [(f"{b}/{fmt}", (lambda b=b, cl=cl: bare_loop(model_cl if cl else model_a, ds.x_test, b, cl)))
+        cases = [(f"{b}/{fmt}", (lambda b=b, cl=cl: bare_loop(model_cl if cl else model_a, data[0], b, cl)))
                  for b in args.batches for fmt, cl in (("nchw", False), ("channels_last", True))]
         times = rotate_timed(cases, args.repeats)
         best = {}
@@ -221,7 +221,7 @@ def main() -> None:
         fb, ffmt = floor[threads][1:]
         specs = [
             (f"floor: bare loop again (batch {fb}, {ffmt})",
-             lambda fb=fb, cl=ffmt == "channels_last": bare_loop(model_cl if cl else model_a, ds.x_test, fb, cl),
+             lambda fb=fb, cl=ffmt == "channels_last": bare_loop(model_cl if cl else model_a, data[0], fb, cl),
              "bc_evaluate", 1, fb, ffmt),
             ("before: old evaluate", lambda: evaluate_before(model_a, data), "bc_evaluate", 1, 2000, "nchw"),
             ("after: evaluate", lambda: evaluate(model_a, data), "bc_evaluate", 1, default_b, "channels_last"),
@@ -275,7 +275,7 @@ def main() -> None:
         return evaluate_many(cached, test)
 
     for size in args.client_sizes:
-        test = (ds.x_test[:size].clone(), ds.y_test[:size].clone())
+        test = (ds.inputs("test", torch.arange(size)), ds.y_test[:size].clone())
         specs = [
             ("before: build + load + 2x old evaluate", lambda: client_before(test), 2, 2000, "nchw"),
             ("after: build + load + 2x evaluate", lambda: client_after(test), 2, default_b, "channels_last"),

@@ -56,7 +56,7 @@ def masked_loop(model, mask, x, y, iterations: int, batch_size: int, lr: float, 
 
 def measure(model_name: str, dataset, iterations: int, repeats: int) -> dict:
     torch.manual_seed(0)
-    x, y = dataset.x_train, dataset.y_train
+    x, y = dataset.inputs("train"), dataset.y_train
     template = build_model(model_name, dataset.input_shape, dataset.num_classes)
     params = dict(template.named_parameters())
     mask = magnitude_prune(Mask.ones_like({n: params[n] for n in prunable_names(template)}), params, 0.8)

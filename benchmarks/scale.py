@@ -136,7 +136,7 @@ def run_one(clients: int, test: str = "matched", strategy: str = "lotteryfl") ->
     dataset = load_dataset("mnist", None)
     # `matched`: every test image once over all clients; `labels`: every test image of a client's labels
     passes = sum(len(split.test) for split in make_partitions(dataset, cfg.partition, cfg.seed))
-    floor_one_thread = floor_seconds(dataset.x_test, passes)
+    floor_one_thread = floor_seconds(dataset.inputs("test"), passes)
     sampler = MemorySampler()
     sampler.start()
     start = time.perf_counter()

@@ -60,14 +60,14 @@ def start_model(variant: str, dataset, seed: int):
 
 def accuracy_curve(variant: str, lr: float, seed: int, dataset, epochs: int, subset: int) -> list[float]:
     order = torch.randperm(len(dataset.y_train), generator=torch.Generator().manual_seed(seed))[:subset]
-    data = (dataset.x_train[order], dataset.y_train[order])
+    data = (dataset.inputs("train", order), dataset.y_train[order])
     model, mask = start_model(variant, dataset, seed)
     cfg = TrainingConfig(optimizer="sgd", lr=lr, momentum=0.5, batch_size=32)
     generator = torch.Generator().manual_seed(seed)
     curve = []
     for _ in range(epochs):
         train(model, data, cfg, generator, mask=mask, epochs=1)
-        curve.append(evaluate(model, (dataset.x_test, dataset.y_test))[1])
+        curve.append(evaluate(model, (dataset.inputs("test"), dataset.y_test))[1])
     return curve
 
 

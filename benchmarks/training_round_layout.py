@@ -119,7 +119,7 @@ def plain_loop_cpu(config: Path, rounds: int, memory_format: str) -> float:
         for pid in picker.sample(range(len(splits)), cfg.clients_per_round):
             model = copy.deepcopy(theta0).to(memory_format=layout).train()
             optimizer = torch.optim.SGD(model.parameters(), lr=cfg.local.lr, momentum=cfg.local.momentum)
-            x, y = data.x_train[splits[pid].train], data.y_train[splits[pid].train]
+            x, y = data.inputs("train", splits[pid].train), data.y_train[splits[pid].train]
             for _ in range(cfg.local.epochs):
                 order = torch.randperm(len(y), generator=generator)
                 for first in range(0, len(y), cfg.local.batch_size):

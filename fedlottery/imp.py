@@ -50,9 +50,9 @@ class _Splits:
 def _splits(dataset: Dataset, val_size: int, seed: int, device: str) -> _Splits:
     train_idx, val_idx = train_val_split(dataset.y_train, val_size, seed)
     move = lambda x, y: (x.to(device), y.to(device))  # noqa: E731
-    train = move(dataset.x_train[train_idx], dataset.y_train[train_idx])
-    val = move(dataset.x_train[val_idx], dataset.y_train[val_idx]) if val_size > 0 else None
-    return _Splits(train, val, move(dataset.x_test, dataset.y_test))
+    train = move(dataset.inputs("train", train_idx), dataset.y_train[train_idx])
+    val = move(dataset.inputs("train", val_idx), dataset.y_train[val_idx]) if val_size > 0 else None
+    return _Splits(train, val, move(dataset.inputs("test"), dataset.y_test))
 
 
 @dataclass

@@ -24,6 +24,7 @@ from fedlottery.data import (
     DATASETS,
     DataNotFoundError,
     Dataset,
+    PixelScale,
     load_dataset,
     resolve_data_root,
     train_val_split,
@@ -252,7 +253,7 @@ def test_idx_set_parses_and_normalises(tmp_path, name, folder, gz):
     assert d.name == name and d.num_classes == 10 and d.input_shape == (1, 6, 5)
     assert d.x_train.shape == (12, 1, 6, 5) and d.x_test.shape == (5, 1, 6, 5)
     expected = (torch.from_numpy(arrays["x_train"]).float() / 255 - mean) / std
-    torch.testing.assert_close(d.x_train[:, 0], expected)
+    torch.testing.assert_close(d.inputs("train")[:, 0], expected)
     assert d.y_train.tolist() == arrays["y_train"].tolist()
     assert d.y_test.dtype == torch.int64 and d.y_test.tolist() == arrays["y_test"].tolist()
     assert load_dataset(name, root=tmp_path) is d  # in-process cache keyed by (name, root)
@@ -322,6 +323,34 @@ def test_read_idx_checks_label_magic(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_pixels_normalised_when_read_hold_the_bits_of_the_whole_set_normalised_once(name, tmp_path):
+    """The uint8 storage changes no input: any subset read later equals, bit for bit, the same images cut from
+    the set normalised once as a whole (what the loaders stored before). Real MNIST; CIFAR-10's batch format."""
+    if name == "mnist" and not HAVE_REAL_MNIST:
+        pytest.skip("real MNIST files not present at ../shared/data")
+    root = REAL_ROOT if name == "mnist" else tmp_path
+    if name == "cifar10":
+        make_cifar_batches(tmp_path, n_per_batch=200)
+    d = load_dataset(name, root=root)
+    assert d.x_train.dtype == torch.uint8 and d.pixels is not None
+    whole = d.x_train.to(torch.float32)
+    whole.div_(255.0).sub_(d.pixels.mean).div_(d.pixels.std)
+    idx = torch.randperm(len(d.y_train), generator=torch.Generator().manual_seed(0))[:777]
+    subset = d.inputs("train", idx)
+    assert subset.dtype == torch.float32 and subset.shape == (len(idx), *d.input_shape)
+    assert torch.equal(subset.view(torch.int32), whole[idx].view(torch.int32))
+    assert torch.equal(d.inputs("train")[idx], subset)
+
+
+def test_float_datasets_are_read_as_stored_and_pixels_must_be_uint8():
+    d = load_dataset("digits")
+    assert d.pixels is None and d.inputs("test") is d.x_test
+    assert torch.equal(d.inputs("train", torch.tensor([3, 1])), d.x_train[[3, 1]])
+    with pytest.raises(ValueError, match="uint8 because pixels is set"):
+        Dataset("bad", d.x_train, d.y_train, d.x_test, d.y_test, 10, pixels=PixelScale(0.5, 0.25))
+
+
 def test_cifar_zip_decodes_sorted_and_caches(tmp_path, monkeypatch):
     root = tmp_path / "data"
     make_cifar_zip(root)
@@ -331,7 +360,7 @@ def test_cifar_zip_decodes_sorted_and_caches(tmp_path, monkeypatch):
     assert d.y_test.tolist() == [0, 0, 3, 3, 9, 9]
     # order within a class follows the file name; colours survive JPEG at quality 100 within a few levels
     expected = np.stack([np.full((32, 32, 3), colour(l, i, "train"), np.uint8) for l in (0, 3, 9) for i in range(3)])
-    torch.testing.assert_close(d.x_train, cifar_normalise(expected.transpose(0, 3, 1, 2)), atol=0.1, rtol=0)
+    torch.testing.assert_close(d.inputs("train"), cifar_normalise(expected.transpose(0, 3, 1, 2)), atol=0.1, rtol=0)
 
     cache_files = list((tmp_path / "cache").glob("*.npz"))
     assert len(cache_files) == 1
@@ -385,8 +414,8 @@ def test_cifar_python_batches_preferred_over_zip(tmp_path, protocol):
     d = load_dataset("cifar10", root=root)
     assert d.x_train.shape == (10, 3, 32, 32) and d.x_test.shape == (2, 3, 32, 32)
     assert d.y_train.tolist() == arrays["y_train"].tolist()
-    torch.testing.assert_close(d.x_train, cifar_normalise(arrays["x_train"]))
-    torch.testing.assert_close(d.x_test, cifar_normalise(arrays["x_test"]))
+    torch.testing.assert_close(d.inputs("train"), cifar_normalise(arrays["x_train"]))
+    torch.testing.assert_close(d.inputs("test"), cifar_normalise(arrays["x_test"]))
     assert not (tmp_path / "cache").exists()  # the exact batches need no decode cache
 
 
@@ -739,4 +768,5 @@ def test_real_mnist():
     assert d.x_train.shape == (60000, 1, 28, 28) and d.x_test.shape == (10000, 1, 28, 28)
     assert torch.bincount(d.y_train).tolist()[:2] == [5923, 6742]
     assert torch.bincount(d.y_test, minlength=10).sum() == 10000
-    assert abs(float(d.x_train.mean())) < 0.01 and abs(float(d.x_train.std()) - 1) < 0.01
+    x = d.inputs("train")
+    assert abs(float(x.mean())) < 0.01 and abs(float(x.std()) - 1) < 0.01

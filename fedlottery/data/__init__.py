@@ -12,12 +12,14 @@ from fedlottery.data.datasets import (
     train_val_split,
 )
 from fedlottery.data.partitions import ClientSplit, describe, make_partitions
+from fedlottery.data.record import PixelScale
 
 __all__ = [
     "DATASETS",
     "DataCorruptError",
     "DataNotFoundError",
     "Dataset",
+    "PixelScale",
     "check_data_config",
     "load_dataset",
     "resolve_data_root",

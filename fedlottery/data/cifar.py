@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from fedlottery.data.cache import cache_dir, write_npz_atomic
-from fedlottery.data.record import CORRUPT_FIX, FIX_HINT, Dataset
+from fedlottery.data.record import CORRUPT_FIX, FIX_HINT, Dataset, PixelScale
 from fedlottery.errors import DataCorruptError, DataNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -180,8 +180,6 @@ def load_cifar10(root: pathlib.Path) -> Dataset:
     std = torch.tensor(_CIFAR_STD, dtype=torch.float32).view(1, 3, 1, 1)
     tensors: dict[str, torch.Tensor] = {}
     for split in ("train", "test"):
-        x = torch.from_numpy(arrays[f"x_{split}"]).to(torch.float32)
-        x.div_(255.0).sub_(mean).div_(std)
-        tensors[f"x_{split}"] = x
+        tensors[f"x_{split}"] = torch.from_numpy(np.ascontiguousarray(arrays[f"x_{split}"]))  # uint8 pixels
         tensors[f"y_{split}"] = torch.from_numpy(np.asarray(arrays[f"y_{split}"], dtype=np.int64).copy())
-    return Dataset(name="cifar10", num_classes=10, **tensors)
+    return Dataset(name="cifar10", num_classes=10, pixels=PixelScale(mean, std), **tensors)

@@ -4,7 +4,8 @@ Nothing here downloads: build and benchmark machines reach package registries on
 loader reads files from a local data root (see `resolve_data_root`), for ``digits`` from the
 copy that ships inside scikit-learn, and for ``hf`` from a Hugging Face data set that
 ``DatasetDict.save_to_disk`` wrote (``datasets.load_from_disk``, offline).  All loaders return the same
-`Dataset` record (fedlottery.data.record): float32 images in NCHW layout, already normalised, and int64 labels.
+`Dataset` record (fedlottery.data.record): NCHW images, float32 and normalised or (MNIST-style sets, CIFAR-10)
+uint8 pixels normalised when read through `Dataset.inputs`, and int64 labels.
 
 One module per file format, each readable alone: `digits` (scikit-learn), `idx` (MNIST, Fashion-MNIST),
 `cifar` (python batches, JPEG zip and its .npz cache), `hf` (Hugging Face on disk), `plugin` (a user's own

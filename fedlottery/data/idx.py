@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 import torch
 
-from fedlottery.data.record import CORRUPT_FIX, FIX_HINT, Dataset
+from fedlottery.data.record import CORRUPT_FIX, FIX_HINT, Dataset, PixelScale
 from fedlottery.errors import DataCorruptError, DataNotFoundError
 
 # (folder under the root, normalisation mean, std) for the two idx-format sets.
@@ -82,7 +82,8 @@ def _find_idx_files(name: str, root: pathlib.Path) -> dict[str, pathlib.Path]:
 
 
 def load_idx_set(name: str, root: pathlib.Path) -> Dataset:
-    """MNIST-style set: parse, validate, scale to [0, 1], standardise with the usual constants."""
+    """MNIST-style set: parse, validate; kept as uint8 pixels, scaled to [0, 1] and standardised with the usual
+    constants when read (Dataset.inputs)."""
     _, mean, std = IDX_SETS[name]
     paths = _find_idx_files(name, root)
     tensors: dict[str, torch.Tensor] = {}
@@ -100,8 +101,6 @@ def load_idx_set(name: str, root: pathlib.Path) -> Dataset:
         if labels.size and int(labels.max()) >= 10:
             raise DataCorruptError(f"corrupt idx file {paths[f'y_{split}']}: label {int(labels.max())} >= 10; "
                                    f"{CORRUPT_FIX}")
-        x = torch.from_numpy(images.astype(np.float32)).unsqueeze(1)
-        x.div_(255.0).sub_(mean).div_(std)
-        tensors[f"x_{split}"] = x
+        tensors[f"x_{split}"] = torch.from_numpy(images.copy()).unsqueeze(1)  # uint8: normalised when read
         tensors[f"y_{split}"] = torch.from_numpy(labels.astype(np.int64))
-    return Dataset(name=name, num_classes=10, **tensors)
+    return Dataset(name=name, num_classes=10, pixels=PixelScale(mean, std), **tensors)

@@ -85,12 +85,15 @@ def client_data(config_json: str, partition_id: int, device: torch.device) -> Cl
     if not 0 <= partition_id < len(splits):
         raise ValueError(f"partition-id {partition_id} outside the {len(splits)} partitions of this experiment")
     split = splits[partition_id]
-    pick = lambda x, y, idx: (x[idx].to(device), y[idx].to(device))  # noqa: E731
+
+    def pick(part: str, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return dataset.inputs(part, idx).to(device), getattr(dataset, f"y_{part}")[idx].to(device)
+
     return ClientData(
         partition_id,
-        pick(dataset.x_train, dataset.y_train, split.train),
-        pick(dataset.x_train, dataset.y_train, split.val),
-        lambda: pick(dataset.x_test, dataset.y_test, split.test),  # built when first read: training never does
+        pick("train", split.train),
+        pick("train", split.val),
+        lambda: pick("test", split.test),  # built when first read: training never does
     )
 
 
@@ -101,7 +104,7 @@ def shared_test_set(config_json: str, device: torch.device) -> tuple[torch.Tenso
     dataset, splits = partitions(config_json)
     if not worth_sharing([int(s.test.numel()) for s in splits], len(dataset.y_test)):
         return None
-    return dataset.x_test.to(device), dataset.y_test.to(device)
+    return dataset.inputs("test").to(device), dataset.y_test.to(device)
 
 
 @functools.lru_cache(maxsize=64)

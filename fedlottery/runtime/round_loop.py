@@ -220,7 +220,7 @@ def _evaluate_round(grid, exp: Experiment, strategy: FederatedStrategy, run: Str
     }
     if exp.cfg.evaluation.global_model:
         exp.template.load_state_dict(strategy.global_model_state())
-        row["global_acc"] = round(evaluate(exp.template, (exp.dataset.x_test, exp.dataset.y_test))[1], 6)
+        row["global_acc"] = round(evaluate(exp.template, (exp.dataset.inputs("test"), exp.dataset.y_test))[1], 6)
     return row
 
 
